@@ -1,0 +1,133 @@
+"""The service's settings: one frozen object, read from the environment once per cold start.
+
+Every other module receives a ``Settings``; none reads ``os.environ`` itself. A missing or
+invalid variable raises ``SettingsError`` whose message names the variable and how to fix it,
+so a misconfigured stage fails on its first invocation with an actionable log line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+# API Gateway closes every WebSocket connection after 2 hours, whatever happens.
+API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
+# API Gateway gives a WebSocket integration at most 29 seconds to answer.
+API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS = 29
+
+_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    redis_url: str
+    redis_key_prefix: str = "wsbroadcast"
+    redis_socket_timeout_seconds: float = 2.0
+    fanout_workers: int = 32
+    connection_max_age_seconds: int = API_GATEWAY_MAX_CONNECTION_SECONDS
+    publish_deadline_seconds: float = 25.0
+    management_api_endpoint_override: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build and validate settings from an environment mapping (``os.environ`` in Lambda)."""
+        return cls(
+            redis_url=_redis_url(env),
+            redis_key_prefix=_key_prefix(env),
+            redis_socket_timeout_seconds=_number(
+                env, "REDIS_SOCKET_TIMEOUT_SECONDS", float, 2.0, low=0.05, high=30
+            ),
+            fanout_workers=_number(env, "FANOUT_WORKERS", int, 32, low=1, high=512),
+            connection_max_age_seconds=_number(
+                env,
+                "CONNECTION_MAX_AGE_SECONDS",
+                int,
+                API_GATEWAY_MAX_CONNECTION_SECONDS,
+                low=1,
+                high=API_GATEWAY_MAX_CONNECTION_SECONDS,
+            ),
+            publish_deadline_seconds=_number(
+                env,
+                "PUBLISH_DEADLINE_SECONDS",
+                float,
+                25.0,
+                low=0.1,
+                high=API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS - 1,
+            ),
+            management_api_endpoint_override=_endpoint_override(env),
+        )
+
+    @property
+    def registry_key(self) -> str:
+        """The registry's Redis key; the braces are a hash tag, so cluster mode keeps it on one slot."""
+        return "{" + self.redis_key_prefix + "}:connections"
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        raise SettingsError(
+            "REDIS_URL is not set: set it to redis://HOST:6379/0, or rediss://:PASSWORD@HOST:6379/0 "
+            "for ElastiCache with in-transit encryption and AUTH (in .chalice/config.json, "
+            "under stages.<stage>.environment_variables)"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise SettingsError(
+            f"REDIS_URL must look like redis://HOST:PORT/DB or rediss://HOST:PORT/DB, got {_redact(url)!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        raise SettingsError(f"REDIS_URL has an invalid port: {_redact(url)!r}") from None
+    return url
+
+
+def _key_prefix(env: Mapping[str, str]) -> str:
+    prefix = env.get("REDIS_KEY_PREFIX", "wsbroadcast")
+    if not _PREFIX_PATTERN.match(prefix):
+        raise SettingsError(
+            "REDIS_KEY_PREFIX must be 1 to 64 characters of letters, digits, '_', '.', ':' or '-' "
+            f"(no braces: the service adds the cluster hash tag itself), got {prefix!r}"
+        )
+    return prefix
+
+
+def _number(env, name, kind, default, *, low, high):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a {kind.__name__} from {low} to {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be from {low} to {high}, got {raw!r}")
+    return value
+
+
+def _endpoint_override(env: Mapping[str, str]) -> str | None:
+    """botocore's own variable for this service; when set it wins over the event-derived endpoint."""
+    url = env.get("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", "").strip()
+    if not url:
+        return None
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise SettingsError(
+            "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI must be an http(s) URL including the stage, "
+            f"e.g. http://127.0.0.1:8000/api, got {url!r}"
+        )
+    return url.rstrip("/")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it goes into an error message or a log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
