@@ -1,0 +1,5 @@
+import sys
+
+from localgw.cli import main
+
+sys.exit(main())

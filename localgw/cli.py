@@ -1,0 +1,195 @@
+"""``python -m localgw``: serve a Chalice project's WebSocket API locally, as API Gateway would."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from localgw import gateway as gw
+from localgw.embedded_redis import EmbeddedRedis
+from localgw.project import (
+    ProjectError,
+    apply_environment,
+    default_project_dir,
+    ensure_aws_environment,
+    import_app,
+    point_websocket_api_at,
+    read_config,
+    websocket_functions,
+)
+
+DEFAULT_API_ID = "localgw001"  # 10 characters, like a real API id
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m localgw",
+        description="Serve a Chalice app's WebSocket API locally, the way API Gateway and Lambda run it.",
+    )
+    where = parser.add_argument_group("where")
+    where.add_argument(
+        "--project-dir", type=Path, default=default_project_dir(), help="Chalice project (app.py)"
+    )
+    where.add_argument("--stage", default="api", help="API Gateway stage: the URL path and the events' stage")
+    where.add_argument(
+        "--chalice-stage",
+        default=None,
+        help="stage of .chalice/config.json whose settings to use (default: the same as --stage)",
+    )
+    where.add_argument("--host", default="localhost", help="address to listen on (default: localhost)")
+    where.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
+    where.add_argument("--api-id", default=DEFAULT_API_ID, help="the apiId put into events")
+    limits = parser.add_argument_group("limits (API Gateway's by default)")
+    limits.add_argument("--idle-timeout-seconds", type=float, default=gw.API_GATEWAY_IDLE_TIMEOUT_SECONDS)
+    limits.add_argument("--max-connection-seconds", type=float, default=gw.API_GATEWAY_MAX_CONNECTION_SECONDS)
+    limits.add_argument("--max-message-bytes", type=int, default=gw.API_GATEWAY_MAX_MESSAGE_BYTES)
+    limits.add_argument(
+        "--integration-timeout-seconds", type=float, default=gw.API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS
+    )
+    limits.add_argument(
+        "--handler-timeout-seconds",
+        type=float,
+        default=None,
+        help="override every function's lambda_timeout (default: from .chalice/config.json, else 60)",
+    )
+    parser.add_argument("--workers", type=int, default=128, help="concurrent handler invocations")
+    parser.add_argument("--verbose", action="store_true", help="also log every Management API call")
+    return parser.parse_args(argv)
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to, all on one port."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen = set()
+    for family, kind, proto, _, address in infos:
+        if (family, address[0]) in seen:
+            continue
+        seen.add((family, address[0]))
+        if sockets:  # the first socket chose the port
+            address = (address[0], sockets[0].getsockname()[1], *address[2:])
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            if not sockets:
+                raise
+            continue
+        sock.listen(1024)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def _endpoint_host(sock: socket.socket) -> str:
+    address = sock.getsockname()[0]
+    if address in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if address == "::":
+        return "[::1]"
+    return f"[{address}]" if ":" in address else address
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = gw.Log(verbose=args.verbose)
+    project_dir = args.project_dir.resolve()
+    try:
+        sockets = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"localgw: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    port = sockets[0].getsockname()[1]
+    endpoint = f"http://{_endpoint_host(sockets[0])}:{port}/{args.stage}"
+
+    embedded = None
+    try:
+        project = read_config(project_dir, args.chalice_stage or args.stage)
+        apply_environment(project.environment, os.environ)
+        for conflict in project.conflicts:
+            log.info(f"warning: {conflict}; one process shares one environment, the first value is used")
+        ensure_aws_environment(os.environ)
+        # The app's own Management API client (botocore honours this standard variable) must reach us.
+        os.environ["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = endpoint
+        if os.environ.get("REDIS_URL", "").strip():
+            log.info(f"redis: {_redact(os.environ['REDIS_URL'])} (REDIS_URL)")
+        else:
+            embedded = EmbeddedRedis().start()
+            os.environ["REDIS_URL"] = embedded.url
+            log.info(
+                f"redis: embedded in-process fakeredis at {embedded.url} (set REDIS_URL to use a real one)"
+            )
+        app = import_app(project_dir)
+        functions = websocket_functions(app, project, region=os.environ["AWS_REGION"])
+        point_websocket_api_at(app, endpoint)
+    except ProjectError as exc:
+        print(f"localgw: {exc}", file=sys.stderr)
+        if embedded is not None:
+            embedded.stop()
+        return 2
+
+    limits = gw.Limits(
+        idle_timeout_seconds=args.idle_timeout_seconds,
+        max_connection_seconds=args.max_connection_seconds,
+        max_message_bytes=args.max_message_bytes,
+        integration_timeout_seconds=args.integration_timeout_seconds,
+        handler_timeout_seconds=args.handler_timeout_seconds,
+    )
+    gateway = gw.Gateway(
+        functions, stage=args.stage, api_id=args.api_id, limits=limits, log=log, workers=args.workers
+    )
+    for route_key, function in sorted(functions.items()):
+        log.info(
+            f"{route_key:<12} -> {function.handler_string} ({function.function_name}, "
+            f"timeout {function.timeout_seconds:g} s, {function.memory_mb} MB)"
+        )
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals_seen = []
+
+        def on_signal(signum: int) -> None:
+            signals_seen.append(signum)
+            if len(signals_seen) > 1:
+                log.info("second signal: exiting now")
+                os._exit(130)
+            log.info(f"{signal.Signals(signum).name}: closing {len(gateway.connections)} connection(s)")
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+
+        def ready() -> None:
+            ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            log.info(f"serving {project_dir.name} at ws://{ws_host}:{port}/{args.stage}")
+            log.info(f"Management API at {endpoint}/@connections/{{connection_id}}")
+
+        await gw.serve(gateway, sockets, on_ready=ready, stop=stop)
+
+    try:
+        asyncio.run(run())
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    log.info("stopped")
+    sys.stdout.flush()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        os._exit(0)  # a handler still running in a pool thread must not keep the process alive
+    return 0

@@ -1,0 +1,417 @@
+"""The local API Gateway WebSocket API: one aiohttp server for the WebSocket endpoint and the
+Management API, both under the stage path (``ws://HOST:PORT/STAGE`` and
+``http://HOST:PORT/STAGE/@connections/{id}``).
+
+Behaviour copied from API Gateway:
+
+- ``$connect`` runs before the handshake completes; a non-2xx status refuses the upgrade with that
+  status, an exception or a timeout with 500. A refused client never joins.
+- Every inbound text message is its own invocation, started at once: messages run concurrently, also
+  from one connection, in a thread pool, so a slow handler never stalls the event loop.
+- A failed or timed-out message invocation sends the client API Gateway's
+  ``{"message": "Internal server error", ...}`` frame. The handler's return value is otherwise not sent
+  (Chalice configures no route responses).
+- Limits: a message over the limit closes with 1009, a binary frame with 1003; idle time and connection
+  age close with 1001. Each close fires ``$disconnect`` with the code and reason.
+- Management API: POST (200; 410; 413), GET (200 JSON; 410), DELETE (204, fires ``$disconnect``; 410).
+  A request without a SigV4 ``Authorization`` header gets 403 as on AWS (the signature is not checked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from localgw import events
+from localgw.lambdaenv import HandlerError, LambdaFunction, invoke, status_of
+
+API_GATEWAY_MAX_MESSAGE_BYTES = 128 * 1024
+API_GATEWAY_IDLE_TIMEOUT_SECONDS = 600
+API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
+API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS = 29
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    idle_timeout_seconds: float = API_GATEWAY_IDLE_TIMEOUT_SECONDS
+    max_connection_seconds: float = API_GATEWAY_MAX_CONNECTION_SECONDS
+    max_message_bytes: int = API_GATEWAY_MAX_MESSAGE_BYTES
+    integration_timeout_seconds: float = API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS
+    # None: each function's lambda_timeout from .chalice/config.json (Chalice's default is 60 s).
+    handler_timeout_seconds: float | None = None
+    # How long a close handshake may take before the socket is dropped.
+    close_timeout_seconds: float = 2.0
+
+
+class Log:
+    """One readable line per connection event and invocation, on stdout, flushed at once."""
+
+    def __init__(self, stream=None, *, verbose: bool = False) -> None:
+        self._stream = stream or sys.stdout
+        self.verbose = verbose
+
+    def line(self, what: str, connection_id: str, detail: str) -> None:
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        print(f"{stamp} {what:<12} {connection_id:<16} {detail}", file=self._stream, flush=True)
+
+    def info(self, text: str) -> None:
+        print(f"localgw: {text}", file=self._stream, flush=True)
+
+
+def _iso(epoch_ms: int) -> str:
+    return (
+        datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{epoch_ms % 1000:03d}Z"
+    )
+
+
+class Connection:
+    def __init__(self, info: events.ConnectionInfo, ws: web.WebSocketResponse) -> None:
+        self.info = info
+        self.ws = ws
+        self.open = True
+        self.last_active_monotonic = time.monotonic()
+        self.opened_monotonic = self.last_active_monotonic
+        self.last_active_ms = info.connected_at_ms
+        self.server_close: tuple[int, str] | None = None
+        self.activity = asyncio.Event()  # wakes the idle watchdog
+
+    def touch(self) -> None:
+        self.last_active_monotonic = time.monotonic()
+        self.last_active_ms = events.now_ms()
+        self.activity.set()
+
+    def close(self, code: int, reason: str) -> asyncio.Task | None:
+        """Start closing from the gateway's side; idempotent. The receive loop then fires $disconnect."""
+        if not self.open:
+            return None
+        self.open = False
+        self.server_close = (code, reason)
+        return asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+
+
+def _error(status: int, error_type: str, message: str | None) -> web.Response:
+    """An error as AWS's rest-json services send it, so botocore raises the right exception."""
+    return web.json_response({"message": message}, status=status, headers={"x-amzn-ErrorType": error_type})
+
+
+class Gateway:
+    def __init__(
+        self,
+        functions: dict[str, LambdaFunction],
+        *,
+        stage: str,
+        api_id: str,
+        limits: Limits,
+        log: Log,
+        workers: int = 128,
+    ) -> None:
+        self.functions = functions
+        self.stage = stage
+        self.api_id = api_id
+        self.limits = limits
+        self.log = log
+        self.connections: dict[str, Connection] = {}
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+        self._handlers: set[asyncio.Task] = set()  # one per WebSocket, done after its $disconnect
+        self._background: set[asyncio.Task] = set()
+        self._stopping = False
+
+    # ---- the aiohttp application ------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # the 128 KB limit is checked here
+        stage = self.stage
+        app.router.add_get(f"/{stage}", self._websocket)
+        app.router.add_get(f"/{stage}/", self._websocket)
+        app.router.add_post(f"/{stage}/@connections/{{connection_id}}", self._post)
+        app.router.add_get(f"/{stage}/@connections/{{connection_id}}", self._get)
+        app.router.add_delete(f"/{stage}/@connections/{{connection_id}}", self._delete)
+        return app
+
+    # ---- invocations ------------------------------------------------------------------------------
+
+    def _timeout(self, function: LambdaFunction, route_key: str) -> float:
+        timeout = self.limits.handler_timeout_seconds or function.timeout_seconds
+        if route_key != events.ROUTE_DISCONNECT:  # the integration answers to the client within 29 s
+            timeout = min(timeout, self.limits.integration_timeout_seconds)
+        return timeout
+
+    async def _invoke(self, route_key: str, event: dict) -> tuple[int | None, str | None]:
+        """Invoke the route's function off the loop; (status, None) or (None, error). Logs one line."""
+        function = self.functions[route_key]
+        connection_id = event["requestContext"]["connectionId"]
+        timeout = self._timeout(function, route_key)
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor, lambda: invoke(function, event, timeout_seconds=timeout)
+        )
+        status: int | None = None
+        error: str | None = None
+        try:
+            response, _context = await asyncio.wait_for(future, timeout)
+            status = status_of(response)
+        except TimeoutError:
+            error = f"Task timed out after {timeout:.2f} seconds"
+        except HandlerError as exc:
+            error = str(exc)
+        except RuntimeError as exc:  # the executor is shut down
+            error = str(exc)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        outcome = str(status) if error is None else f"ERR {error}"
+        self.log.line(route_key, connection_id, f"{outcome} {elapsed_ms:.1f} ms")
+        return status, error
+
+    # ---- WebSocket endpoint -----------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.json_response(
+                {"message": "Upgrade Required: connect with a WebSocket client"}, status=426
+            )
+        if self._stopping:
+            return web.json_response({"message": "Service Unavailable"}, status=503)
+        connected_at = events.now_ms()
+        info = events.ConnectionInfo(
+            connection_id=events.new_id(),
+            connected_at_ms=connected_at,
+            source_ip=request.remote or "127.0.0.1",
+            user_agent=request.headers.get("User-Agent"),
+            domain_name=request.host,
+            stage=self.stage,
+            api_id=self.api_id,
+        )
+        if events.ROUTE_CONNECT in self.functions:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            event = events.connect_event(
+                info,
+                headers=headers,
+                query_string=request.query_string,
+                local_port=sockname[1] if sockname else 0,
+                scheme=request.scheme,
+            )
+            status, error = await self._invoke(events.ROUTE_CONNECT, event)
+            if error is not None or status is None or not 200 <= status < 300:
+                refused = 500 if error is not None or status is None else status
+                self.log.line("refused", info.connection_id, f"HTTP {refused}")
+                message = "Internal server error" if refused >= 500 else "Forbidden"
+                return web.json_response({"message": message}, status=refused)
+
+        ws = web.WebSocketResponse(
+            max_msg_size=self.limits.max_message_bytes,
+            compress=False,
+            autoping=True,
+            timeout=self.limits.close_timeout_seconds,
+        )
+        await ws.prepare(request)
+        connection = Connection(info, ws)
+        self.connections[info.connection_id] = connection
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self.log.line(
+            "connected", info.connection_id, f"from {info.source_ip} ({len(self.connections)} open)"
+        )
+        watchdog = asyncio.create_task(self._watchdog(connection))
+        code, reason = 1006, events.DISCONNECT_REASONS[1006]
+        try:
+            code, reason = await self._receive_loop(connection)
+        finally:
+            watchdog.cancel()
+            connection.open = False
+            self.connections.pop(info.connection_id, None)
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close(code=code if code not in (1005, 1006) else 1000)
+            if connection.server_close is not None:
+                code, reason = connection.server_close
+            self.log.line("closed", info.connection_id, f"{code} {reason} ({len(self.connections)} open)")
+            if events.ROUTE_DISCONNECT in self.functions:
+                event = events.disconnect_event(info, status_code=code, reason=reason)
+                await self._invoke(events.ROUTE_DISCONNECT, event)
+            if task is not None:
+                self._handlers.discard(task)
+        return ws
+
+    async def _receive_loop(self, connection: Connection) -> tuple[int, str]:
+        """Read until the socket closes; returns the close code and reason for ``$disconnect``."""
+        ws = connection.ws
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                connection.touch()
+                self._spawn(self._on_message(connection, msg.data))
+            elif msg.type is WSMsgType.BINARY:
+                # API Gateway WebSocket APIs accept no binary frames from clients.
+                task = connection.close(WSCloseCode.UNSUPPORTED_DATA, events.DISCONNECT_REASONS[1003])
+                if task is not None:
+                    await task
+                return WSCloseCode.UNSUPPORTED_DATA, events.DISCONNECT_REASONS[1003]
+            elif msg.type is WSMsgType.CLOSE:
+                code = msg.data or 1005
+                reason = msg.extra or events.DISCONNECT_REASONS.get(code, "")
+                if code == 1005:
+                    reason = events.DISCONNECT_REASONS[1005]
+                return code, reason
+            elif msg.type is WSMsgType.ERROR:
+                code = ws.close_code or 1006
+                return code, events.DISCONNECT_REASONS.get(code, str(msg.data))
+            else:  # CLOSING (we started the close) or CLOSED (the peer vanished)
+                if connection.server_close is not None:
+                    return connection.server_close
+                return 1006, events.DISCONNECT_REASONS[1006]
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _on_message(self, connection: Connection, body: str) -> None:
+        event = events.message_event(connection.info, body=body)
+        request_id = event["requestContext"]["requestId"]
+        connection_id = connection.info.connection_id
+        if events.ROUTE_DEFAULT not in self.functions:
+            self.log.line("no route", connection_id, "403 (the app has no @app.on_ws_message handler)")
+            await self._send(connection, events.forbidden(connection_id, request_id))
+            return
+        _status, error = await self._invoke(events.ROUTE_DEFAULT, event)
+        if error is not None:
+            await self._send(connection, events.internal_server_error(connection_id, request_id))
+
+    async def _send(self, connection: Connection, data: str | bytes) -> bool:
+        if not connection.open or connection.ws.closed:
+            return False
+        try:
+            if isinstance(data, bytes):
+                try:
+                    await connection.ws.send_str(data.decode("utf-8"))
+                except UnicodeDecodeError:
+                    await connection.ws.send_bytes(data)
+            else:
+                await connection.ws.send_str(data)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def _watchdog(self, connection: Connection) -> None:
+        """Close with 1001 after the idle timeout or the maximum connection duration, as API Gateway does."""
+        limits = self.limits
+        while connection.open:
+            now = time.monotonic()
+            idle_left = connection.last_active_monotonic + limits.idle_timeout_seconds - now
+            age_left = connection.opened_monotonic + limits.max_connection_seconds - now
+            if age_left <= 0 or idle_left <= 0:
+                why = "maximum connection duration" if age_left <= 0 else "idle timeout"
+                self.log.line("timeout", connection.info.connection_id, why)
+                connection.close(WSCloseCode.GOING_AWAY, events.DISCONNECT_REASONS[1001])
+                return
+            connection.activity.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.activity.wait(), min(idle_left, age_left))
+
+    # ---- Management API ---------------------------------------------------------------------------
+
+    def _lookup(self, request: web.Request) -> tuple[Connection | None, web.Response | None]:
+        if not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256"):
+            return None, _error(403, "ForbiddenException", "Missing Authentication Token")
+        connection = self.connections.get(request.match_info["connection_id"])
+        if connection is None or not connection.open:
+            return None, _error(410, "GoneException", None)
+        return connection, None
+
+    def _log_management(self, method: str, connection_id: str, status: int) -> None:
+        if self.log.verbose or status >= 400:
+            self.log.line(f"{method} @conn", connection_id, str(status))
+
+    async def _post(self, request: web.Request) -> web.Response:
+        connection_id = request.match_info["connection_id"]
+        connection, failure = self._lookup(request)
+        if failure is not None:
+            self._log_management("POST", connection_id, failure.status)
+            return failure
+        data = await request.read()
+        if len(data) > self.limits.max_message_bytes:
+            self._log_management("POST", connection_id, 413)
+            return _error(413, "PayloadTooLargeException", "Message too long")
+        if not await self._send(connection, data):
+            self._log_management("POST", connection_id, 410)
+            return _error(410, "GoneException", None)
+        connection.touch()  # API Gateway counts a post as activity on the connection
+        self._log_management("POST", connection_id, 200)
+        return web.Response(status=200)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        connection_id = request.match_info["connection_id"]
+        connection, failure = self._lookup(request)
+        if failure is not None:
+            self._log_management("GET", connection_id, failure.status)
+            return failure
+        info = connection.info
+        identity = {"sourceIp": info.source_ip}
+        if info.user_agent is not None:
+            identity["userAgent"] = info.user_agent
+        self._log_management("GET", connection_id, 200)
+        return web.json_response(
+            {
+                "connectedAt": _iso(info.connected_at_ms),
+                "identity": identity,
+                "lastActiveAt": _iso(connection.last_active_ms),
+            }
+        )
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        connection_id = request.match_info["connection_id"]
+        connection, failure = self._lookup(request)
+        if failure is not None:
+            self._log_management("DELETE", connection_id, failure.status)
+            return failure
+        task = connection.close(WSCloseCode.OK, events.DISCONNECT_REASONS[1000])
+        if task is not None:
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._log_management("DELETE", connection_id, 204)
+        return web.Response(status=204)
+
+    # ---- shutdown ---------------------------------------------------------------------------------
+
+    async def close_all(self, *, deadline_seconds: float = 5.0) -> None:
+        """Close every connection with 1001 and wait (bounded) until each one's $disconnect has run."""
+        self._stopping = True
+        for connection in list(self.connections.values()):
+            connection.close(WSCloseCode.GOING_AWAY, events.DISCONNECT_REASONS[1001])
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=deadline_seconds)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve(
+    gateway: Gateway,
+    sockets: list,
+    *,
+    on_ready: Callable[[], None],
+    stop: asyncio.Event,
+) -> None:
+    """Serve on already-bound sockets until ``stop`` is set, then close every connection cleanly."""
+    runner = web.AppRunner(gateway.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
+    on_ready()
+    await stop.wait()
+    await gateway.close_all()
+    await runner.cleanup()
+
+
+__all__ = ["Connection", "Gateway", "Limits", "Log", "json", "serve"]

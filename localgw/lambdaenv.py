@@ -1,0 +1,83 @@
+"""Calling a handler the way Lambda does: a JSON round trip of the event, a Lambda-like context.
+
+A ``LambdaFunction`` is one of the (up to) three functions Chalice deploys for a WebSocket API
+(``websocket_connect``, ``websocket_message``, ``websocket_disconnect``), reached through the handler
+string Chalice writes into the function's configuration (``app.connect``), with the timeout and memory
+the project's ``.chalice/config.json`` gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FAKE_ACCOUNT_ID = "123456789012"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LambdaFunction:
+    name: str  # Chalice's resource name: websocket_connect, websocket_message, websocket_disconnect
+    function_name: str  # the deployed name: {app_name}-{stage}-{name}
+    handler_string: str  # what Lambda's Handler setting holds, e.g. "app.connect"
+    handler: Callable[[dict, object], object] = field(repr=False)
+    timeout_seconds: float
+    memory_mb: int
+    region: str
+
+
+class LambdaContext:
+    """The attributes and method Python Lambda handlers use on their ``context`` argument."""
+
+    function_version = "$LATEST"
+
+    def __init__(self, function: LambdaFunction, *, deadline_monotonic: float) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+        self.function_name = function.function_name
+        self.memory_limit_in_mb = str(function.memory_mb)  # Lambda gives a string here
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:{function.region}:{FAKE_ACCOUNT_ID}:function:{function.function_name}"
+        )
+        self.log_group_name = f"/aws/lambda/{function.function_name}"
+        self.log_stream_name = time.strftime("%Y/%m/%d/[$LATEST]", time.gmtime()) + uuid.uuid4().hex
+        self.identity = None
+        self.client_context = None
+        self._deadline = deadline_monotonic
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class HandlerError(Exception):
+    """The handler raised, or returned something Lambda could not serialize."""
+
+
+def invoke(function: LambdaFunction, event: dict, *, timeout_seconds: float) -> tuple[object, LambdaContext]:
+    """Run the handler in this thread; returns its JSON-round-tripped response and the context used.
+
+    Lambda hands the handler a freshly decoded event and serializes what it returns; doing the same here
+    keeps a handler from sharing state with the gateway and surfaces unserializable responses.
+    """
+    context = LambdaContext(function, deadline_monotonic=time.monotonic() + timeout_seconds)
+    payload = json.loads(json.dumps(event))
+    try:
+        response = function.handler(payload, context)
+    except Exception as exc:
+        raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        return json.loads(json.dumps(response)), context
+    except (TypeError, ValueError) as exc:
+        raise HandlerError(f"the handler's response is not JSON serializable: {exc}") from exc
+
+
+def status_of(response: object) -> int:
+    """The status API Gateway reads from a proxy integration's response (200 when there is none)."""
+    if isinstance(response, dict):
+        code = response.get("statusCode", 200)
+        try:
+            return int(code)
+        except (TypeError, ValueError):
+            return 502
+    return 200

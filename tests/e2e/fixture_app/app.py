@@ -1,0 +1,133 @@
+"""A tiny Chalice WebSocket app that exercises the local gateway (not our product).
+
+Every handler appends the event and context it received to the JSON-lines file named by
+``FIXTURE_EVENT_LOG`` (when set), so tests can compare them with recorded API Gateway events.
+Messages are JSON objects ``{"do": <command>, ...}``:
+
+- ``echo``: posts the body back through a plain boto3 client (``AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI``)
+- ``send``: posts ``text`` back through Chalice's own ``app.websocket_api.send``
+- ``broadcast``: posts ``text`` to every connection this process has seen connect (``echo`` to include self)
+- ``raise`` / ``sleep`` (``seconds``) / ``status`` (returns ``code``) / ``unserializable``
+- ``context``: posts what the Lambda context and environment looked like
+- ``info`` / ``close``: ``app.websocket_api.info`` / ``.close`` on ``target`` (default: self)
+
+``$connect`` refuses with ``?reject=<status>``, raises with ``?raise=1``, sleeps with ``?sleep=<s>``.
+"""
+
+import json
+import os
+import threading
+import time
+
+import boto3
+from chalice import Chalice, Response, WebsocketDisconnectedError
+
+app = Chalice(app_name="localgw-fixture")
+app.websocket_api.session = boto3.Session()
+
+_lock = threading.Lock()
+_connections: set[str] = set()
+_client = None
+
+
+def _record(kind, event, context):
+    path = os.environ.get("FIXTURE_EVENT_LOG")
+    if not path:
+        return
+    line = json.dumps(
+        {
+            "kind": kind,
+            "event": event.to_dict(),
+            "context": {
+                "aws_request_id": context.aws_request_id,
+                "function_name": context.function_name,
+                "memory_limit_in_mb": context.memory_limit_in_mb,
+                "invoked_function_arn": context.invoked_function_arn,
+                "log_group_name": context.log_group_name,
+                "log_stream_name": context.log_stream_name,
+                "remaining_ms": context.get_remaining_time_in_millis(),
+            },
+        }
+    )
+    with _lock, open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def _boto_client():
+    global _client
+    if _client is None:
+        _client = boto3.client("apigatewaymanagementapi")  # endpoint from the environment
+    return _client
+
+
+@app.on_ws_connect()
+def connect(event):
+    _record("connect", event, event.context)
+    query = event.to_dict().get("queryStringParameters") or {}
+    if "sleep" in query:
+        time.sleep(float(query["sleep"]))
+    if "raise" in query:
+        raise RuntimeError("connect failed on purpose")
+    if "reject" in query:
+        return Response(body="", status_code=int(query["reject"]))
+    with _lock:
+        _connections.add(event.connection_id)
+    return None
+
+
+@app.on_ws_message()
+def message(event):
+    _record("message", event, event.context)
+    body = event.json_body
+    command = body.get("do")
+    me = event.connection_id
+    if command == "echo":
+        _boto_client().post_to_connection(ConnectionId=me, Data=event.body.encode())
+    elif command == "send":
+        app.websocket_api.send(me, body["text"])
+    elif command == "broadcast":
+        with _lock:
+            targets = sorted(_connections)
+        for target in targets:
+            if target == me and not body.get("echo"):
+                continue
+            try:
+                app.websocket_api.send(target, body["text"])
+            except WebsocketDisconnectedError:
+                pass
+    elif command == "raise":
+        raise RuntimeError("message failed on purpose")
+    elif command == "sleep":
+        time.sleep(float(body["seconds"]))
+        app.websocket_api.send(me, "slept")
+    elif command == "status":
+        return {"statusCode": int(body["code"])}
+    elif command == "unserializable":
+        return {"statusCode": 200, "body": object()}
+    elif command == "context":
+        ctx = event.context
+        app.websocket_api.send(
+            me,
+            json.dumps(
+                {
+                    "function_name": ctx.function_name,
+                    "remaining_ms": ctx.get_remaining_time_in_millis(),
+                    "env": {k: os.environ.get(k) for k in ("FIXTURE_TOP", "FIXTURE_STAGE", "FIXTURE_FN")},
+                    "endpoint": os.environ.get("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"),
+                    "redis_url": os.environ.get("REDIS_URL"),
+                }
+            ),
+        )
+    elif command == "info":
+        info = app.websocket_api.info(body.get("target", me))
+        app.websocket_api.send(me, json.dumps(info, default=str))
+    elif command == "close":
+        app.websocket_api.close(body.get("target", me))
+    return None
+
+
+@app.on_ws_disconnect()
+def disconnect(event):
+    _record("disconnect", event, event.context)
+    with _lock:
+        _connections.discard(event.connection_id)
