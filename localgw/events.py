@@ -53,7 +53,8 @@ def now_ms() -> int:
 def format_request_time(epoch_ms: int) -> str:
     """``requestTime`` as API Gateway writes it: ``26/Nov/2026:00:49:33 +0000`` (UTC)."""
     t = time.gmtime(epoch_ms / 1000)
-    return f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    date = f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}"
+    return f"{date}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
 
 
 def new_trace_id(epoch_ms: int) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -414,4 +413,4 @@ async def serve(
     await runner.cleanup()
 
 
-__all__ = ["Connection", "Gateway", "Limits", "Log", "json", "serve"]
+__all__ = ["Connection", "Gateway", "Limits", "Log", "serve"]

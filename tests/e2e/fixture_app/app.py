@@ -14,6 +14,7 @@ Messages are JSON objects ``{"do": <command>, ...}``:
 ``$connect`` refuses with ``?reject=<status>``, raises with ``?raise=1``, sleeps with ``?sleep=<s>``.
 """
 
+import contextlib
 import json
 import os
 import threading
@@ -91,10 +92,8 @@ def message(event):
         for target in targets:
             if target == me and not body.get("echo"):
                 continue
-            try:
+            with contextlib.suppress(WebsocketDisconnectedError):
                 app.websocket_api.send(target, body["text"])
-            except WebsocketDisconnectedError:
-                pass
     elif command == "raise":
         raise RuntimeError("message failed on purpose")
     elif command == "sleep":
