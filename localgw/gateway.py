@@ -140,21 +140,23 @@ class Gateway:
 
     # ---- invocations ------------------------------------------------------------------------------
 
-    def _timeout(self, function: LambdaFunction, route_key: str) -> float:
-        timeout = self.limits.handler_timeout_seconds or function.timeout_seconds
-        if route_key != events.ROUTE_DISCONNECT:  # the integration answers to the client within 29 s
-            timeout = min(timeout, self.limits.integration_timeout_seconds)
-        return timeout
+    def _timeouts(self, function: LambdaFunction, route_key: str) -> tuple[float, float]:
+        """(the function's own timeout, how long the gateway waits for it)."""
+        lambda_timeout = self.limits.handler_timeout_seconds or function.timeout_seconds
+        wait = lambda_timeout
+        if route_key != events.ROUTE_DISCONNECT:  # the integration must answer within 29 s
+            wait = min(wait, self.limits.integration_timeout_seconds)
+        return lambda_timeout, wait
 
     async def _invoke(self, route_key: str, event: dict) -> tuple[int | None, str | None]:
         """Invoke the route's function off the loop; (status, None) or (None, error). Logs one line."""
         function = self.functions[route_key]
         connection_id = event["requestContext"]["connectionId"]
-        timeout = self._timeout(function, route_key)
+        lambda_timeout, timeout = self._timeouts(function, route_key)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
-            self._executor, lambda: invoke(function, event, timeout_seconds=timeout)
+            self._executor, lambda: invoke(function, event, timeout_seconds=lambda_timeout)
         )
         status: int | None = None
         error: str | None = None
@@ -209,7 +211,7 @@ class Gateway:
                 return web.json_response({"message": message}, status=refused)
 
         ws = web.WebSocketResponse(
-            max_msg_size=self.limits.max_message_bytes,
+            max_msg_size=self.limits.max_message_bytes + 1,  # aiohttp's bound is exclusive
             compress=False,
             autoping=True,
             timeout=self.limits.close_timeout_seconds,
@@ -264,8 +266,8 @@ class Gateway:
                 if code == 1005:
                     reason = events.DISCONNECT_REASONS[1005]
                 return code, reason
-            elif msg.type is WSMsgType.ERROR:
-                code = ws.close_code or 1006
+            elif msg.type is WSMsgType.ERROR:  # aiohttp has closed with the error's code (1009, 1002...)
+                code = getattr(msg.data, "code", None) or ws.close_code or 1006
                 return code, events.DISCONNECT_REASONS.get(code, str(msg.data))
             else:  # CLOSING (we started the close) or CLOSED (the peer vanished)
                 if connection.server_close is not None:

@@ -4,6 +4,7 @@ Every handler appends the event and context it received to the JSON-lines file n
 ``FIXTURE_EVENT_LOG`` (when set), so tests can compare them with recorded API Gateway events.
 Messages are JSON objects ``{"do": <command>, ...}``:
 
+- ``whoami``: sends back ``{"connection_id": ...}``
 - ``echo``: posts the body back through a plain boto3 client (``AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI``)
 - ``send``: posts ``text`` back through Chalice's own ``app.websocket_api.send``
 - ``broadcast``: posts ``text`` to every connection this process has seen connect (``echo`` to include self)
@@ -82,7 +83,9 @@ def message(event):
     body = event.json_body
     command = body.get("do")
     me = event.connection_id
-    if command == "echo":
+    if command == "whoami":
+        app.websocket_api.send(me, json.dumps({"connection_id": me}))
+    elif command == "echo":
         _boto_client().post_to_connection(ConnectionId=me, Data=event.body.encode())
     elif command == "send":
         app.websocket_api.send(me, body["text"])
