@@ -27,6 +27,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str
+    aws_region: str
+    redis_cluster: bool = False
     redis_key_prefix: str = "wsbroadcast"
     redis_socket_timeout_seconds: float = 2.0
     fanout_workers: int = 32
@@ -39,6 +41,8 @@ class Settings:
         """Build and validate settings from an environment mapping (``os.environ`` in Lambda)."""
         return cls(
             redis_url=_redis_url(env),
+            aws_region=_region(env),
+            redis_cluster=_flag(env, "REDIS_CLUSTER"),
             redis_key_prefix=_key_prefix(env),
             redis_socket_timeout_seconds=_number(
                 env, "REDIS_SOCKET_TIMEOUT_SECONDS", float, 2.0, low=0.05, high=30
@@ -89,6 +93,16 @@ def _redis_url(env: Mapping[str, str]) -> str:
     return url
 
 
+def _region(env: Mapping[str, str]) -> str:
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise SettingsError(
+            "AWS_REGION is not set: Lambda sets it; locally, export AWS_DEFAULT_REGION=us-east-1 "
+            "(the Management API endpoint and its request signatures need a region)"
+        )
+    return region
+
+
 def _key_prefix(env: Mapping[str, str]) -> str:
     prefix = env.get("REDIS_KEY_PREFIX", "wsbroadcast")
     if not _PREFIX_PATTERN.match(prefix):
@@ -97,6 +111,15 @@ def _key_prefix(env: Mapping[str, str]) -> str:
             f"(no braces: the service adds the cluster hash tag itself), got {prefix!r}"
         )
     return prefix
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {env[name]!r}")
 
 
 def _number(env, name, kind, default, *, low, high):

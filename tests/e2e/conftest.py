@@ -1,7 +1,8 @@
 import shutil
 
 import pytest
-from localgw_harness import GatewayProcess
+
+from tests.e2e.localgw_harness import GatewayProcess
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def start_gateway(tmp_path):
 @pytest.fixture(scope="session")
 def wscat_available():
     """wscat comes from `make test` (npm ci); missing means a broken set-up: fail, never skip."""
-    from localgw_harness import WSCAT
+    from tests.e2e.localgw_harness import WSCAT
 
     assert WSCAT.exists(), (
         "node_modules/.bin/wscat is missing: run `make test` (scripts/bootstrap installs it)"

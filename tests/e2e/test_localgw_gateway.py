@@ -16,7 +16,8 @@ from datetime import datetime
 import botocore.exceptions
 import pytest
 import websockets
-from localgw_harness import (
+
+from tests.e2e.localgw_harness import (
     ID_PATTERN,
     REQUEST_TIME_PATTERN,
     assert_same_shape,
