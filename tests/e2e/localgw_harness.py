@@ -31,12 +31,17 @@ REQUEST_TIME_PATTERN = re.compile(r"^\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}
 class GatewayProcess:
     """``python -m localgw`` on a free port; its stdout lines are collected and can be waited for."""
 
-    def __init__(self, *args: str, project_dir: Path = FIXTURE_APP, tmp_path: Path, env: dict | None = None):
+    def __init__(
+        self, *args: str, project_dir: Path | None = FIXTURE_APP, tmp_path: Path, env: dict | None = None
+    ):
+        """``project_dir=None`` runs exactly what ``make run`` runs: this repository's app, stage ``api``."""
         self.event_log = tmp_path / f"events-{id(self)}.jsonl"
         full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
         full_env.update({"FIXTURE_EVENT_LOG": str(self.event_log), "PYTHONUNBUFFERED": "1"})
         full_env.update(env or {})
-        command = [sys.executable, "-m", "localgw", "--project-dir", str(project_dir)]
+        command = [sys.executable, "-m", "localgw"]
+        if project_dir is not None:
+            command += ["--project-dir", str(project_dir)]
         command += ["--host", "127.0.0.1", "--port", "0", *args]
         self.proc = subprocess.Popen(
             command,
@@ -156,19 +161,9 @@ def assert_same_shape(actual, expected, path: str = "event", *, free_keys: tuple
         )
 
 
-def wscat(url: str) -> subprocess.Popen:
-    """The real wscat CLI with a stdin pipe held open (it quits when its stdin closes).
-
-    Without a terminal wscat prints only what it receives, one message per line.
-    """
-    return subprocess.Popen(
-        [str(WSCAT), "-c", url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
+def _without_prompts(line: str) -> str:
+    # wscat writes its "> " prompt even without a terminal, without a newline, after each line it sends.
+    return re.sub(r"^(> )+", "", line)
 
 
 class LineReader:
@@ -183,7 +178,7 @@ class LineReader:
     def _read(self, stream) -> None:
         for line in stream:
             with self._changed:
-                self.lines.append(line.rstrip("\n"))
+                self.lines.append(_without_prompts(line.rstrip("\n")))
                 self._changed.notify_all()
 
     def wait_line(self, index: int, timeout: float = 10) -> str:
@@ -197,17 +192,37 @@ class LineReader:
             return self.lines[index]
 
 
-def send_line(proc: subprocess.Popen, text: str) -> None:
-    proc.stdin.write(text + "\n")
-    proc.stdin.flush()
+class Wscat:
+    """The real wscat CLI with a stdin pipe held open (it quits when its stdin closes).
 
+    Without a terminal wscat prints only what it receives, one message per line, and errors on stderr.
+    """
 
-def close_wscat(proc: subprocess.Popen) -> None:
-    if proc.stdin and not proc.stdin.closed:
-        proc.stdin.close()
-    try:
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen(
+            [str(WSCAT), "-c", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.out = LineReader(self.proc.stdout)
+        self.err = LineReader(self.proc.stderr)
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def received(self, index: int, timeout: float = 10) -> str:
+        return self.out.wait_line(index, timeout)
+
+    def close(self) -> int:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()

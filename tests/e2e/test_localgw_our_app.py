@@ -1,0 +1,125 @@
+"""Our broadcast app behind the local gateway, configured as ``make run`` runs it: this repository's
+project, stage ``api``, embedded Redis. Driven by the real wscat CLI and by Python clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+import websockets
+
+from tests.e2e.localgw_harness import GatewayProcess, Wscat, run
+
+pytestmark = pytest.mark.node
+
+
+@pytest.fixture(scope="module")
+def our_gateway(tmp_path_factory):
+    gw = GatewayProcess(project_dir=None, tmp_path=tmp_path_factory.mktemp("ours"))
+    yield gw
+    gw.stop()
+
+
+def open_wscats(gw: GatewayProcess, count: int) -> list[Wscat]:
+    """Start wscat clients one by one, each known to be connected (the gateway says so) before the next."""
+    clients = []
+    for _ in range(count):
+        mark = gw.mark()
+        clients.append(Wscat(gw.url))
+        gw.wait_for(r"connected\s+\S+ from", after=mark)
+    return clients
+
+
+def test_make_run_configuration_serves_our_app_with_embedded_redis(our_gateway):
+    output = our_gateway.output()
+    assert "embedded in-process fakeredis" in output
+    assert re.search(r"\$default\s+-> app\.message \(ws-broadcast-api-websocket_message", output)
+    assert our_gateway.stage == "api"
+
+
+def test_wscat_clients_publish_with_echo_false_and_true(our_gateway, wscat_available):
+    # GIVEN three wscat clients connected to our app
+    clients = open_wscats(our_gateway, 3)
+    sender, first, second = clients
+    try:
+        # WHEN one publishes the reference's message without echo
+        sender.send('{"echo": false, "type": 99, "data": "data to publish"}')
+        # THEN every other client receives it
+        for client in (first, second):
+            got = json.loads(client.received(0))
+            assert got["type"] == 99 and got["data"] == "data to publish"
+            assert isinstance(got["received"], int)
+        # WHEN it publishes with echo
+        sender.send('{"echo": true, "type": 7, "data": {"n": [1, 2]}}')
+        # THEN everybody, the sender too, receives it; and the sender had received nothing before
+        assert json.loads(sender.received(0))["data"] == {"n": [1, 2]}
+        for client in (first, second):
+            assert json.loads(client.received(1))["type"] == 7
+        assert len(sender.out.lines) == 1
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_wscat_malformed_message_gets_the_error_reply_alone(our_gateway, wscat_available):
+    clients = open_wscats(our_gateway, 2)
+    sender, other = clients
+    try:
+        sender.send("this is not json")
+        reply = json.loads(sender.received(0))
+        assert set(reply) == {"error"} and reply["error"]["code"] and reply["error"]["message"]
+        sender.send('{"type": "not an integer"}')
+        assert "error" in json.loads(sender.received(1))
+        # a valid message afterwards proves the others got nothing from the bad ones
+        sender.send('{"type": 1, "data": "after"}')
+        assert json.loads(other.received(0))["data"] == "after"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_50_python_clients_each_publish_reaches_every_recipient_exactly_once(our_gateway):
+    n = 50
+    gw = our_gateway
+    client_mgmt = gw.management_client()
+
+    async def scenario():
+        clients, ids = [], []
+        for _ in range(n):  # one by one, so the gateway's "connected" lines map to clients in order
+            mark = gw.mark()
+            clients.append(await websockets.connect(gw.url, open_timeout=10).__aenter__())
+            line = await asyncio.to_thread(gw.wait_for, r"connected\s+(\S+) from", after=mark)
+            ids.append(line.group(1))
+        try:
+            mark = gw.mark()
+            # WHEN all publish at once; even-numbered ones with echo
+            await asyncio.gather(
+                *(
+                    c.send(json.dumps({"echo": i % 2 == 0, "type": 1, "data": f"from-{i}"}))
+                    for i, c in enumerate(clients)
+                )
+            )
+            # AND every publish has finished (its posts were answered before the handler returned)
+            await asyncio.to_thread(gw.wait_for, r"\$default\s+\S+ 200", after=mark, count=n, timeout=30)
+            # THEN, reading up to an end marker posted afterwards, each got every intended message once
+            for connection_id in ids:
+                await asyncio.to_thread(
+                    client_mgmt.post_to_connection, ConnectionId=connection_id, Data=b"END"
+                )
+            received = []
+            for c in clients:
+                got = []
+                while (frame := await c.recv()) != "END":
+                    got.append(json.loads(frame)["data"])
+                received.append(got)
+            return received
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+    received = run(scenario(), timeout=90)
+    for i, got in enumerate(received):
+        expected = sorted(f"from-{j}" for j in range(n) if j != i or i % 2 == 0)
+        assert sorted(got) == expected, f"client {i}: {len(got)} messages"
