@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ import websockets
 from tests.e2e.localgw_harness import (
     ID_PATTERN,
     REQUEST_TIME_PATTERN,
+    Wscat,
     assert_same_shape,
     recorded,
     run,
@@ -485,3 +487,70 @@ def test_50_concurrent_clients_each_message_reaches_every_recipient_exactly_once
     for i, got in enumerate(received):
         expected = {f"from-{j}" for j in range(n) if j != i or i % 2 == 0}
         assert sorted(got) == sorted(expected), f"client {i} got {len(got)} frames"
+
+
+# ---- terminal output and shutdown -------------------------------------------------------------------
+
+
+def test_one_readable_line_per_connection_event_and_invocation(gateway):
+    async def scenario():
+        async with connect(gateway.url) as ws:
+            connection_id = await whoami(ws)
+            await ws.close(1000)
+            return connection_id
+
+    mark = gateway.mark()
+    connection_id = run(scenario())
+    cid = re.escape(connection_id)
+    gateway.wait_for(rf"\$disconnect\s+{cid} 200", after=mark)
+    lines = [line for line in gateway.lines[mark:] if connection_id in line]
+    patterns = [
+        rf"^\d\d:\d\d:\d\d\.\d{{3}} \$connect\s+{cid} 200 \d+\.\d ms$",
+        rf"^\d\d:\d\d:\d\d\.\d{{3}} connected\s+{cid} from 127\.0\.0\.1 \(\d+ open\)$",
+        rf"^\d\d:\d\d:\d\d\.\d{{3}} \$default\s+{cid} 200 \d+\.\d ms$",
+        rf"^\d\d:\d\d:\d\d\.\d{{3}} closed\s+{cid} 1000 Connection Closed Normally \(\d+ open\)$",
+        rf"^\d\d:\d\d:\d\d\.\d{{3}} \$disconnect\s+{cid} 200 \d+\.\d ms$",
+    ]
+    assert len(lines) == len(patterns), lines
+    for pattern in patterns:
+        assert any(re.match(pattern, line) for line in lines), (pattern, lines)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_closes_every_connection_with_disconnect_and_exits_promptly(start_gateway, signum):
+    # GIVEN three open connections
+    gw = start_gateway()
+
+    async def scenario():
+        clients = [await connect(gw.url).__aenter__() for _ in range(3)]
+        ids = [await whoami(c) for c in clients]
+        # WHEN the gateway is told to stop
+        started = time.monotonic()
+        gw.proc.send_signal(signum)
+        # THEN each client sees a clean close with 1001
+        codes = []
+        for c in clients:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await c.recv()
+            codes.append(closed.value.rcvd.code if closed.value.rcvd else None)
+        return ids, codes, started
+
+    ids, codes, started = run(scenario())
+    assert codes == [1001, 1001, 1001]
+    # AND the process exits by itself, soon, after firing $disconnect for each
+    assert gw.proc.wait(5) == 0
+    assert time.monotonic() - started < 5
+    gw.wait_for("localgw: stopped")
+    for connection_id in ids:
+        [record] = gw.events("disconnect", connection_id)
+        assert record["event"]["requestContext"]["disconnectStatusCode"] == 1001
+        assert record["event"]["requestContext"]["disconnectReason"] == "Going away"
+
+
+def test_wscat_sees_a_refused_connect_as_an_http_error(gateway, wscat_available):
+    client = Wscat(f"{gateway.url}?reject=403")
+    try:
+        assert client.proc.wait(10) != 0
+        assert "Unexpected server response: 403" in client.err.wait_line(0)
+    finally:
+        client.close()
