@@ -37,11 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument(
         "--project-dir", type=Path, default=default_project_dir(), help="Chalice project (app.py)"
     )
-    where.add_argument("--stage", default="api", help="API Gateway stage: the URL path and the events' stage")
+    where.add_argument(
+        "--stage", default="api", help="API Gateway stage: the URL path and the events' stage (default: api)"
+    )
     where.add_argument(
         "--chalice-stage",
-        default=None,
-        help="stage of .chalice/config.json whose settings to use (default: the same as --stage)",
+        default="dev",
+        help="Chalice stage whose .chalice/config.json settings to use (default: dev, as `chalice local`)",
     )
     where.add_argument("--host", default="localhost", help="address to listen on (default: localhost)")
     where.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     embedded = None
     try:
-        project = read_config(project_dir, args.chalice_stage or args.stage)
+        project = read_config(project_dir, args.chalice_stage)
         apply_environment(project.environment, os.environ)
         for conflict in project.conflicts:
             log.info(f"warning: {conflict}; one process shares one environment, the first value is used")

@@ -45,7 +45,7 @@ def connect(url: str, **kwargs):
 
 
 def test_handlers_run_by_their_chalice_handler_names_with_a_lambda_context(gateway):
-    # GIVEN the fixture app (lambda_timeout 5 and 256 MB for websocket_message in stage "api")
+    # GIVEN the fixture app (lambda_timeout 5 and 256 MB for websocket_message in Chalice stage "dev")
     async def scenario():
         async with connect(gateway.url) as ws:
             # WHEN a message asks the handler to describe its context
@@ -55,18 +55,18 @@ def test_handlers_run_by_their_chalice_handler_names_with_a_lambda_context(gatew
     described, connection_id = run(scenario())
 
     # THEN it ran as the deployed function would, configured from .chalice/config.json
-    assert described["function_name"] == "localgw-fixture-api-websocket_message"
+    assert described["function_name"] == "localgw-fixture-dev-websocket_message"
     assert 4000 < described["remaining_ms"] <= 5000
-    assert described["env"] == {"FIXTURE_TOP": "top", "FIXTURE_STAGE": "api", "FIXTURE_FN": "message"}
+    assert described["env"] == {"FIXTURE_TOP": "top", "FIXTURE_STAGE": "dev", "FIXTURE_FN": "message"}
     assert described["endpoint"] == gateway.endpoint
     assert described["redis_url"].startswith("redis://127.0.0.1:")
-    gateway.wait_for(r"^localgw: \$connect\s+-> app\.connect \(localgw-fixture-api-websocket_connect")
+    gateway.wait_for(r"^localgw: \$connect\s+-> app\.connect \(localgw-fixture-dev-websocket_connect")
     [connect_record] = gateway.events("connect", connection_id)
     context = connect_record["context"]
-    assert context["function_name"] == "localgw-fixture-api-websocket_connect"
+    assert context["function_name"] == "localgw-fixture-dev-websocket_connect"
     assert context["memory_limit_in_mb"] == "128"
-    assert context["invoked_function_arn"].endswith(":function:localgw-fixture-api-websocket_connect")
-    assert context["log_group_name"] == "/aws/lambda/localgw-fixture-api-websocket_connect"
+    assert context["invoked_function_arn"].endswith(":function:localgw-fixture-dev-websocket_connect")
+    assert context["log_group_name"] == "/aws/lambda/localgw-fixture-dev-websocket_connect"
     assert re.fullmatch(r"[0-9a-f-]{36}", context["aws_request_id"])
     assert 59_000 < context["remaining_ms"] <= 60_000  # Chalice's default lambda_timeout
     assert "embedded in-process fakeredis" in gateway.output()
@@ -547,6 +547,7 @@ def test_a_signal_closes_every_connection_with_disconnect_and_exits_promptly(sta
         assert record["event"]["requestContext"]["disconnectReason"] == "Going away"
 
 
+@pytest.mark.node
 def test_wscat_sees_a_refused_connect_as_an_http_error(gateway, wscat_available):
     client = Wscat(f"{gateway.url}?reject=403")
     try:

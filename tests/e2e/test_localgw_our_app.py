@@ -36,7 +36,7 @@ def open_wscats(gw: GatewayProcess, count: int) -> list[Wscat]:
 def test_make_run_configuration_serves_our_app_with_embedded_redis(our_gateway):
     output = our_gateway.output()
     assert "embedded in-process fakeredis" in output
-    assert re.search(r"\$default\s+-> app\.message \(ws-broadcast-api-websocket_message", output)
+    assert re.search(r"\$default\s+-> app\.message \(ws-broadcast-dev-websocket_message", output)
     assert our_gateway.stage == "api"
 
 
