@@ -216,7 +216,16 @@ class Gateway:
             autoping=True,
             timeout=self.limits.close_timeout_seconds,
         )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except (ConnectionError, RuntimeError):  # the client left while $connect ran
+            self.log.line("gone", info.connection_id, "the client left before the handshake completed")
+            if events.ROUTE_DISCONNECT in self.functions:
+                event = events.disconnect_event(
+                    info, status_code=1006, reason=events.DISCONNECT_REASONS[1006]
+                )
+                await self._invoke(events.ROUTE_DISCONNECT, event)
+            raise
         connection = Connection(info, ws)
         self.connections[info.connection_id] = connection
         task = asyncio.current_task()

@@ -9,7 +9,9 @@ the project's ``.chalice/config.json`` gives it.
 from __future__ import annotations
 
 import json
+import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +67,8 @@ def invoke(function: LambdaFunction, event: dict, *, timeout_seconds: float) -> 
     try:
         response = function.handler(payload, context)
     except Exception as exc:
+        # Lambda writes the traceback to the function's log; the terminal is ours.
+        traceback.print_exc(file=sys.stderr)
         raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
     try:
         return json.loads(json.dumps(response)), context

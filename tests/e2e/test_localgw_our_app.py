@@ -123,3 +123,60 @@ def test_50_python_clients_each_publish_reaches_every_recipient_exactly_once(our
     for i, got in enumerate(received):
         expected = sorted(f"from-{j}" for j in range(n) if j != i or i % 2 == 0)
         assert sorted(got) == expected, f"client {i}: {len(got)} messages"
+
+
+def test_connect_and_disconnect_events_drive_our_registry(our_gateway):
+    import redis
+
+    gw = our_gateway
+    embedded = redis.Redis.from_url(gw.wait_for(r"embedded in-process fakeredis at (\S+)").group(1))
+
+    def registered() -> set[str]:
+        return {k.decode() for k in embedded.hkeys("{wsbroadcast}:connections")}
+
+    async def scenario():
+        mark = gw.mark()
+        async with websockets.connect(gw.url):
+            stays_id = (await asyncio.to_thread(gw.wait_for, r"connected\s+(\S+) from", after=mark)).group(1)
+            mark = gw.mark()
+            async with websockets.connect(gw.url):
+                leaving_id = (
+                    await asyncio.to_thread(gw.wait_for, r"connected\s+(\S+) from", after=mark)
+                ).group(1)
+                # GIVEN both are registered once their $connect returned
+                assert {stays_id, leaving_id} <= registered()
+            # WHEN one leaves, THEN its $disconnect removed it, and only it
+            await asyncio.to_thread(gw.wait_for, rf"\$disconnect\s+{re.escape(leaving_id)} 200", after=mark)
+            assert leaving_id not in registered() and stays_id in registered()
+            return stays_id
+
+    stays_id = run(scenario())
+    gw.wait_for(rf"\$disconnect\s+{re.escape(stays_id)} 200")
+    assert stays_id not in registered()
+
+
+@pytest.mark.redis_server
+def test_redis_url_switches_to_a_real_redis(redis_server, tmp_path):
+    import redis
+
+    # GIVEN REDIS_URL points at a real redis-server
+    gw = GatewayProcess(project_dir=None, tmp_path=tmp_path, env={"REDIS_URL": redis_server.url})
+    try:
+        assert f"localgw: redis: {redis_server.url} (REDIS_URL)" in gw.output()
+        assert "embedded" not in gw.output()
+
+        client = redis.Redis.from_url(redis_server.url)
+
+        async def scenario():
+            async with websockets.connect(gw.url) as a, websockets.connect(gw.url) as b:
+                await a.send(json.dumps({"type": 3, "data": "real redis"}))
+                received = json.loads(await b.recv())
+                registered = await asyncio.to_thread(client.hkeys, "{wsbroadcast}:connections")
+                return received, registered
+
+        # WHEN clients publish THEN it works, and the registry lives in that server
+        received, registered = run(scenario())
+        assert received["data"] == "real redis"
+        assert len(registered) >= 2
+    finally:
+        gw.stop()
