@@ -125,6 +125,8 @@ class Gateway:
         self._handlers: set[asyncio.Task] = set()  # one per WebSocket, done after its $disconnect
         self._background: set[asyncio.Task] = set()
         self._stopping = False
+        self._warm: set[str] = set()
+        self._cold_start = asyncio.Lock()
 
     # ---- the aiohttp application ------------------------------------------------------------------
 
@@ -149,7 +151,22 @@ class Gateway:
         return lambda_timeout, wait
 
     async def _invoke(self, route_key: str, event: dict) -> tuple[int | None, str | None]:
-        """Invoke the route's function off the loop; (status, None) or (None, error). Logs one line."""
+        """Invoke the route's function off the loop; (status, None) or (None, error). Logs one line.
+
+        In Lambda a container finishes its cold start (init and first invocation) before it takes another
+        event. Here all invocations share one process, so each function's first invocation runs alone:
+        lazy initialisation in handlers (a boto3 client built on first use, say) never races.
+        """
+        if route_key not in self._warm:
+            async with self._cold_start:
+                if route_key not in self._warm:
+                    try:
+                        return await self._invoke_now(route_key, event)
+                    finally:
+                        self._warm.add(route_key)
+        return await self._invoke_now(route_key, event)
+
+    async def _invoke_now(self, route_key: str, event: dict) -> tuple[int | None, str | None]:
         function = self.functions[route_key]
         connection_id = event["requestContext"]["connectionId"]
         lambda_timeout, timeout = self._timeouts(function, route_key)

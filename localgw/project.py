@@ -155,6 +155,9 @@ def point_websocket_api_at(app, endpoint: str) -> None:
         import boto3
 
         websocket_api.session = boto3.Session()
+    # Lambda runs one invocation at a time per container; here they share one process. Creating the
+    # client now keeps concurrent first sends from racing on the (not thread-safe) boto3 session.
+    websocket_api._get_client()
 
 
 def default_project_dir() -> Path:

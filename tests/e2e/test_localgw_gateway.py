@@ -248,15 +248,15 @@ def test_a_handler_status_without_error_sends_nothing_to_the_client(gateway):
 
 
 def test_a_handler_that_times_out_gets_internal_server_error_and_stalls_nobody(start_gateway):
-    # GIVEN handlers may run 0.5 s
-    gw = start_gateway("--handler-timeout-seconds", "0.5")
+    # GIVEN handlers may run 1.5 s
+    gw = start_gateway("--handler-timeout-seconds", "1.5")
 
     async def scenario():
         async with connect(gw.url) as slow, connect(gw.url) as other:
             slow_id = await whoami(slow)
             started = time.monotonic()
             # WHEN one handler runs far longer
-            await slow.send(json.dumps({"do": "sleep", "seconds": 3}))
+            await slow.send(json.dumps({"do": "sleep", "seconds": 5}))
             # THEN another connection is served meanwhile, and so is the same connection
             await other.send(json.dumps({"do": "send", "text": "not stalled"}))
             assert await other.recv() == "not stalled"
@@ -268,8 +268,8 @@ def test_a_handler_that_times_out_gets_internal_server_error_and_stalls_nobody(s
 
     slow_id, reply, elapsed = run(scenario())
     assert reply["message"] == "Internal server error" and reply["connectionId"] == slow_id
-    assert 0.4 < elapsed < 2.5
-    gw.wait_for(rf"\$default\s+{re.escape(slow_id)} ERR Task timed out after 0\.50 seconds")
+    assert 1.4 < elapsed < 4
+    gw.wait_for(rf"\$default\s+{re.escape(slow_id)} ERR Task timed out after 1\.50 seconds")
 
 
 # ---- Management API with the real boto3 client ------------------------------------------------------
@@ -502,8 +502,6 @@ def test_one_readable_line_per_connection_event_and_invocation(gateway):
     mark = gateway.mark()
     connection_id = run(scenario())
     cid = re.escape(connection_id)
-    gateway.wait_for(rf"\$disconnect\s+{cid} 200", after=mark)
-    lines = [line for line in gateway.lines[mark:] if connection_id in line]
     patterns = [
         rf"^\d\d:\d\d:\d\d\.\d{{3}} \$connect\s+{cid} 200 \d+\.\d ms$",
         rf"^\d\d:\d\d:\d\d\.\d{{3}} connected\s+{cid} from 127\.0\.0\.1 \(\d+ open\)$",
@@ -511,9 +509,10 @@ def test_one_readable_line_per_connection_event_and_invocation(gateway):
         rf"^\d\d:\d\d:\d\d\.\d{{3}} closed\s+{cid} 1000 Connection Closed Normally \(\d+ open\)$",
         rf"^\d\d:\d\d:\d\d\.\d{{3}} \$disconnect\s+{cid} 200 \d+\.\d ms$",
     ]
-    assert len(lines) == len(patterns), lines
-    for pattern in patterns:
-        assert any(re.match(pattern, line) for line in lines), (pattern, lines)
+    for pattern in patterns:  # an invocation's line can come after a later event's: wait for each
+        gateway.wait_for(pattern, after=mark)
+    gateway.wait_for(rf"\$disconnect\s+{cid} 200", after=mark)
+    assert len([line for line in gateway.lines[mark:] if connection_id in line]) == len(patterns)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
