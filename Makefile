@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Extra options for the local gateway, e.g. `make run LOCALGW_ARGS="--port 9000"` (python -m localgw --help).
+LOCALGW_ARGS ?=
 
 .PHONY: test run lint
 
@@ -13,7 +15,7 @@ test:
 ## make run: serve the app locally at ws://localhost:8000/api with an embedded Redis (REDIS_URL overrides).
 run:
 	scripts/bootstrap run
-	$(PY) -m localgw
+	$(PY) -m localgw $(LOCALGW_ARGS)
 
 ## make lint: ruff, as CI runs it.
 lint:

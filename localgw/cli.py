@@ -38,7 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--project-dir", type=Path, default=default_project_dir(), help="Chalice project (app.py)"
     )
     where.add_argument(
-        "--stage", default="api", help="API Gateway stage: the URL path and the events' stage (default: api)"
+        "--stage",
+        default=None,
+        help="API Gateway stage: the URL path and the events' stage "
+        "(default: the Chalice stage's api_gateway_stage, else api)",
     )
     where.add_argument(
         "--chalice-stage",
@@ -113,16 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     log = gw.Log(verbose=args.verbose)
     project_dir = args.project_dir.resolve()
     try:
+        project = read_config(project_dir, args.chalice_stage)
+    except ProjectError as exc:
+        print(f"localgw: {exc}", file=sys.stderr)
+        return 2
+    stage = args.stage or project.scoped("websocket_message").api_gateway_stage or "api"
+    try:
         sockets = bind(args.host, args.port)
     except OSError as exc:
         print(f"localgw: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     port = sockets[0].getsockname()[1]
-    endpoint = f"http://{_endpoint_host(sockets[0])}:{port}/{args.stage}"
+    endpoint = f"http://{_endpoint_host(sockets[0])}:{port}/{stage}"
 
     embedded = None
     try:
-        project = read_config(project_dir, args.chalice_stage)
         apply_environment(project.environment, os.environ)
         for conflict in project.conflicts:
             log.info(f"warning: {conflict}; one process shares one environment, the first value is used")
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         handler_timeout_seconds=args.handler_timeout_seconds,
     )
     gateway = gw.Gateway(
-        functions, stage=args.stage, api_id=args.api_id, limits=limits, log=log, workers=args.workers
+        functions, stage=stage, api_id=args.api_id, limits=limits, log=log, workers=args.workers
     )
     for route_key, function in sorted(functions.items()):
         log.info(
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready() -> None:
             ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-            log.info(f"serving {project_dir.name} at ws://{ws_host}:{port}/{args.stage}")
+            log.info(f"serving {project_dir.name} at ws://{ws_host}:{port}/{stage}")
             log.info(f"Management API at {endpoint}/@connections/{{connection_id}}")
 
         await gw.serve(gateway, sockets, on_ready=ready, stop=stop)

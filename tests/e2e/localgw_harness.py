@@ -32,17 +32,26 @@ class GatewayProcess:
     """``python -m localgw`` on a free port; its stdout lines are collected and can be waited for."""
 
     def __init__(
-        self, *args: str, project_dir: Path | None = FIXTURE_APP, tmp_path: Path, env: dict | None = None
+        self,
+        *args: str,
+        project_dir: Path | None = FIXTURE_APP,
+        tmp_path: Path,
+        env: dict | None = None,
+        command: list[str] | None = None,
     ):
-        """``project_dir=None`` runs exactly what ``make run`` runs: this repository's app, stage ``api``."""
+        """``project_dir=None``: this repository's app with ``make run``'s defaults; ``command``: run that.
+
+        The gateway gets a session (process group) of its own, so ``stop`` reaches ``make`` and its child.
+        """
         self.event_log = tmp_path / f"events-{id(self)}.jsonl"
         full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
         full_env.update({"FIXTURE_EVENT_LOG": str(self.event_log), "PYTHONUNBUFFERED": "1"})
         full_env.update(env or {})
-        command = [sys.executable, "-m", "localgw"]
-        if project_dir is not None:
-            command += ["--project-dir", str(project_dir)]
-        command += ["--host", "127.0.0.1", "--port", "0", *args]
+        if command is None:
+            command = [sys.executable, "-m", "localgw"]
+            if project_dir is not None:
+                command += ["--project-dir", str(project_dir)]
+            command += ["--host", "127.0.0.1", "--port", "0", *args]
         self.proc = subprocess.Popen(
             command,
             cwd=REPO,
@@ -52,6 +61,7 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -120,12 +130,12 @@ class GatewayProcess:
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signum)
+            os.killpg(self.proc.pid, signum)
         try:
             return self.proc.wait(timeout)
         finally:
             if self.proc.poll() is None:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             self._reader.join(5)
 

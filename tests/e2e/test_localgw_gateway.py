@@ -9,6 +9,8 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +22,7 @@ import websockets
 
 from tests.e2e.localgw_harness import (
     ID_PATTERN,
+    REPO,
     REQUEST_TIME_PATTERN,
     Wscat,
     assert_same_shape,
@@ -554,3 +557,32 @@ def test_wscat_sees_a_refused_connect_as_an_http_error(gateway, wscat_available)
         assert "Unexpected server response: 403" in client.err.wait_line(0)
     finally:
         client.close()
+
+
+def test_a_custom_stage_serves_both_endpoints_under_it(start_gateway):
+    gw = start_gateway("--stage", "v1")
+    assert gw.url.endswith("/v1")
+
+    async def scenario():
+        async with connect(gw.url) as ws:
+            connection_id = await whoami(ws)  # Chalice's app.websocket_api posts to .../v1/@connections
+            with pytest.raises(websockets.InvalidStatus):
+                async with connect(gw.url.replace("/v1", "/api")):
+                    pass
+            return connection_id
+
+    connection_id = run(scenario())
+    [record] = gw.events("connect", connection_id)
+    assert record["event"]["requestContext"]["stage"] == "v1"
+
+
+def test_a_directory_that_is_not_a_chalice_project_is_refused(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "localgw", "--project-dir", str(tmp_path), "--port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "has no app.py: pass --project-dir with a Chalice project" in result.stderr

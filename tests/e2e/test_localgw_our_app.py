@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 
 import pytest
 import websockets
@@ -180,3 +181,25 @@ def test_redis_url_switches_to_a_real_redis(redis_server, tmp_path):
         assert len(registered) >= 2
     finally:
         gw.stop()
+
+
+def test_make_run_serves_our_app_and_stops_cleanly(tmp_path, wscat_available):
+    # GIVEN `make run`, on a free port (LOCALGW_ARGS passes options through)
+    gw = GatewayProcess(
+        tmp_path=tmp_path,
+        command=["make", "--no-print-directory", "run", "LOCALGW_ARGS=--host 127.0.0.1 --port 0"],
+    )
+    try:
+        assert gw.stage == "api" and "embedded in-process fakeredis" in gw.output()
+        # WHEN two wscat clients connect and one publishes THEN the other receives it
+        clients = open_wscats(gw, 2)
+        try:
+            clients[0].send('{"echo": false, "type": 99, "data": "data to publish"}')
+            assert json.loads(clients[1].received(0))["data"] == "data to publish"
+        finally:
+            for client in clients:
+                client.close()
+    finally:
+        # AND Ctrl-C (SIGINT to the process group, as a terminal sends it) stops it
+        gw.stop(signal.SIGINT)
+    gw.wait_for("localgw: stopped")
