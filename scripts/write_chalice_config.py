@@ -40,8 +40,8 @@ class ConfigError(ValueError):
     pass
 
 
-def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str]:
-    """(outputs by key, region, account id) of the single stack in a describe-stacks answer."""
+def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str, str]:
+    """(outputs by key, partition, region, account id) of the one stack in a describe-stacks answer."""
     stacks = describe_stacks.get("Stacks") or []
     if len(stacks) != 1:
         raise ConfigError(f"expected exactly one stack in the describe-stacks output, found {len(stacks)}")
@@ -58,9 +58,9 @@ def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str]:
             f"stack {stack.get('StackName')} lacks the outputs {', '.join(missing)}: "
             "is it a stack of infra/network.yaml (make network)?"
         )
-    # arn:aws:cloudformation:REGION:ACCOUNT:stack/NAME/ID
+    # arn:PARTITION:cloudformation:REGION:ACCOUNT:stack/NAME/ID
     arn = stack["StackId"].split(":")
-    return outputs, arn[3], arn[4]
+    return outputs, arn[1], arn[3], arn[4]
 
 
 def policy(outputs: dict[str, str], partition: str, region: str, account: str) -> dict:
@@ -132,13 +132,14 @@ def update_config(config: dict, stage: str, outputs: dict[str, str], policy_file
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--describe-stacks", type=Path, required=True, help="aws cloudformation describe-stacks JSON")
+    parser.add_argument(
+        "--describe-stacks", type=Path, required=True, help="output of aws cloudformation describe-stacks"
+    )
     parser.add_argument("--stage", default="prod")
     parser.add_argument("--config", type=Path, default=Path(".chalice/config.json"))
-    parser.add_argument("--partition", default="aws", help="aws, aws-cn or aws-us-gov")
     args = parser.parse_args(argv)
     try:
-        outputs, region, account = stack_outputs(json.loads(args.describe_stacks.read_text()))
+        outputs, partition, region, account = stack_outputs(json.loads(args.describe_stacks.read_text()))
         config = json.loads(args.config.read_text())
     except (ConfigError, OSError, json.JSONDecodeError) as error:
         print(f"write_chalice_config: {error}", file=sys.stderr)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     policy_file = f"policy-{args.stage}.json"
     update_config(config, args.stage, outputs, policy_file)
     (args.config.parent / policy_file).write_text(
-        json.dumps(policy(outputs, args.partition, region, account), indent=2) + "\n"
+        json.dumps(policy(outputs, partition, region, account), indent=2) + "\n"
     )
     args.config.write_text(json.dumps(config, indent=2) + "\n")
     print(f"write_chalice_config: stage {args.stage} of {args.config} now uses the stack's network and cache")

@@ -219,7 +219,9 @@ def test_token_has_the_shape_elasticache_expects(monkeypatch):
 
 def test_session_token_of_a_role_is_included():
     session = boto3.Session(
-        aws_access_key_id="ASIAEXAMPLE", aws_secret_access_key="secret", aws_session_token="role/session+token"
+        aws_access_key_id="ASIAEXAMPLE",
+        aws_secret_access_key="secret",
+        aws_session_token="role/session+token",
     )
     provider = IamTokenProvider(user_id=USER_ID, cache_name=CACHE_NAME, region=REGION, session=session)
     query = parse_qs(urlsplit("http://" + provider.sign_token()).query)
@@ -257,6 +259,8 @@ def test_missing_credentials_fail_with_a_clear_message():
         def get_credentials(self):
             return None
 
-    provider = IamTokenProvider(user_id=USER_ID, cache_name=CACHE_NAME, region=REGION, session=NoCredentials())
+    provider = IamTokenProvider(
+        user_id=USER_ID, cache_name=CACHE_NAME, region=REGION, session=NoCredentials()
+    )
     with pytest.raises(RuntimeError, match="no credentials"):
         provider.get_credentials()

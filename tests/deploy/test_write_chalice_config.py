@@ -1,0 +1,188 @@
+"""scripts/write_chalice_config.py on a describe-stacks answer of a network stack.
+
+The fixture has the exact shape of `aws cloudformation describe-stacks --output json` for a stack of
+infra/network.yaml; it was written by hand from that shape (no AWS account here), with made-up ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "write_chalice_config.py"
+FIXTURE = Path(__file__).parent / "fixtures" / "describe-stacks-network.json"
+FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect")
+SUBNETS = ["subnet-0c3d4e5f607182930", "subnet-0d4e5f60718293a41"]
+FUNCTION_SG = "sg-0f60718293a4b5c63"
+
+# The shape of the lead's config: dev and prod, prod with placeholders and per-function settings.
+CONFIG = {
+    "version": "2.0",
+    "app_name": "ws-broadcast",
+    "stages": {
+        "dev": {
+            "api_gateway_stage": "api",
+            "environment_variables": {"REDIS_URL": "redis://127.0.0.1:6379/0"},
+        },
+        "prod": {
+            "api_gateway_stage": "api",
+            "environment_variables": {
+                "REDIS_URL": "rediss://:PASSWORD@REPLACE-ME:6379/0",
+                "FANOUT_WORKERS": "32",
+            },
+            "lambda_functions": {
+                "websocket_connect": {"subnet_ids": ["subnet-REPLACE"], "security_group_ids": ["sg-REPLACE"]},
+                "websocket_message": {
+                    "subnet_ids": ["subnet-REPLACE"],
+                    "security_group_ids": ["sg-REPLACE"],
+                    "lambda_memory_size": 1024,
+                    "lambda_timeout": 30,
+                    "environment_variables": {"REDIS_URL": "rediss://stale:6379/0", "LOG_LEVEL": "INFO"},
+                },
+                "websocket_disconnect": {
+                    "subnet_ids": ["subnet-REPLACE"],
+                    "security_group_ids": ["sg-REPLACE"],
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.fixture
+def chalice_dir(tmp_path) -> Path:
+    directory = tmp_path / ".chalice"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(CONFIG, indent=2))
+    return directory
+
+
+def _run(chalice_dir: Path, describe: Path = FIXTURE, stage: str = "prod") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--describe-stacks", str(describe), "--stage", stage,
+         "--config", str(chalice_dir / "config.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_writes_network_and_cache_settings_into_the_stage(chalice_dir):
+    # WHEN
+    result = _run(chalice_dir)
+    # THEN
+    assert result.returncode == 0, result.stderr
+    config = json.loads((chalice_dir / "config.json").read_text())
+    prod = config["stages"]["prod"]
+    assert prod["environment_variables"] == {
+        "REDIS_URL": "rediss://master.ws-net.abcdef.euw1.cache.amazonaws.com:6379/0",
+        "REDIS_AUTH": "iam",
+        "REDIS_IAM_USER_ID": "ws-net-app",
+        "REDIS_IAM_CACHE_NAME": "ws-net",
+        "FANOUT_WORKERS": "32",
+    }
+    for name in FUNCTIONS:
+        assert prod["lambda_functions"][name]["subnet_ids"] == SUBNETS
+        assert prod["lambda_functions"][name]["security_group_ids"] == [FUNCTION_SG]
+    # A function-level REDIS_URL would win over the stage's: it is rewritten, other keys are kept.
+    message = prod["lambda_functions"]["websocket_message"]
+    assert message["environment_variables"] == {
+        "REDIS_URL": "rediss://master.ws-net.abcdef.euw1.cache.amazonaws.com:6379/0",
+        "LOG_LEVEL": "INFO",
+    }
+    assert message["lambda_memory_size"] == 1024
+    assert message["lambda_timeout"] == 30
+    assert prod["autogen_policy"] is False
+    assert prod["iam_policy_file"] == "policy-prod.json"
+
+
+def test_everything_else_is_preserved(chalice_dir):
+    assert _run(chalice_dir).returncode == 0
+    config = json.loads((chalice_dir / "config.json").read_text())
+    assert config["stages"]["dev"] == CONFIG["stages"]["dev"]
+    assert {k: v for k, v in config.items() if k != "stages"} == {
+        "version": "2.0",
+        "app_name": "ws-broadcast",
+    }
+    assert config["stages"]["prod"]["api_gateway_stage"] == "api"
+
+
+def test_no_password_is_written(chalice_dir):
+    assert _run(chalice_dir).returncode == 0
+    config = (chalice_dir / "config.json").read_text()
+    assert "PASSWORD" not in config + (chalice_dir / "policy-prod.json").read_text()
+    prod = json.loads(config)["stages"]["prod"]
+    urls = [prod["environment_variables"]["REDIS_URL"]] + [
+        f["environment_variables"]["REDIS_URL"]
+        for f in prod["lambda_functions"].values()
+        if "REDIS_URL" in f.get("environment_variables", {})
+    ]
+    assert all("@" not in url for url in urls)
+
+
+def test_policy_file_scopes_the_role(chalice_dir):
+    assert _run(chalice_dir).returncode == 0
+    policy = json.loads((chalice_dir / "policy-prod.json").read_text())
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert by_sid["ConnectToTheCacheAsTheAppUser"] == {
+        "Sid": "ConnectToTheCacheAsTheAppUser",
+        "Effect": "Allow",
+        "Action": "elasticache:Connect",
+        "Resource": [
+            "arn:aws:elasticache:eu-west-1:123456789012:replicationgroup:ws-net",
+            "arn:aws:elasticache:eu-west-1:123456789012:user:ws-net-app",
+        ],
+    }
+    manage = by_sid["PostToConnectionsOfThisAccountAndRegion"]
+    assert manage["Action"] == "execute-api:ManageConnections"
+    assert manage["Resource"] == "arn:aws:execute-api:eu-west-1:123456789012:*/*/*/@connections/*"
+    assert by_sid["Logs"]["Resource"] == "arn:aws:logs:eu-west-1:123456789012:*"
+    assert "ec2:CreateNetworkInterface" in by_sid["VpcNetworkInterfaces"]["Action"]
+
+
+def test_running_twice_gives_the_same_file(chalice_dir):
+    assert _run(chalice_dir).returncode == 0
+    first = (chalice_dir / "config.json").read_text()
+    assert _run(chalice_dir).returncode == 0
+    assert (chalice_dir / "config.json").read_text() == first
+
+
+def test_another_stage_is_created_when_missing(chalice_dir):
+    assert _run(chalice_dir, stage="staging").returncode == 0
+    config = json.loads((chalice_dir / "config.json").read_text())
+    assert config["stages"]["staging"]["lambda_functions"]["websocket_message"]["subnet_ids"] == SUBNETS
+    assert config["stages"]["prod"] == CONFIG["stages"]["prod"]
+    assert (chalice_dir / "policy-staging.json").exists()
+
+
+def _describe_with(tmp_path: Path, change) -> Path:
+    data = copy.deepcopy(json.loads(FIXTURE.read_text()))
+    change(data["Stacks"][0])
+    path = tmp_path / "describe.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_missing_outputs_are_named_and_nothing_is_written(chalice_dir, tmp_path):
+    def drop(stack):
+        stack["Outputs"] = [
+            o for o in stack["Outputs"] if o["OutputKey"] not in ("RedisUrl", "RedisIamUserId")
+        ]
+
+    before = (chalice_dir / "config.json").read_text()
+    result = _run(chalice_dir, _describe_with(tmp_path, drop))
+    assert result.returncode == 1
+    assert "RedisUrl, RedisIamUserId" in result.stderr
+    assert "infra/network.yaml" in result.stderr
+    assert (chalice_dir / "config.json").read_text() == before
+    assert not (chalice_dir / "policy-prod.json").exists()
+
+
+def test_a_stack_still_in_progress_is_refused(chalice_dir, tmp_path):
+    result = _run(chalice_dir, _describe_with(tmp_path, lambda s: s.update(StackStatus="CREATE_IN_PROGRESS")))
+    assert result.returncode == 1
+    assert "CREATE_IN_PROGRESS" in result.stderr
