@@ -1,25 +1,58 @@
-"""STUB for the infra branch only: main's app.py (issue 2) replaces this file on merge.
+"""A WebSocket broadcast service: every message a client sends is published to all connected clients.
 
-It registers the three WebSocket handlers so `chalice package` generates the same resources
-(WebsocketConnect, WebsocketMessage, WebsocketDisconnect, DefaultRole, WebsocketAPI) as the real app.
+Three thin handlers; the work is in ``chalicelib/``. The wiring (settings -> registry -> fan-out) is
+built on the first invocation and kept for the container's life: once per cold start.
 """
 
+import functools
+import os
+
+import boto3
 from chalice import Chalice
+from chalice.app import WebsocketEvent
+
+from chalicelib.broadcast import Broadcaster
+from chalicelib.gateway_event import GatewayEvent
+from chalicelib.log import invocation_keys, request_id_of
+from chalicelib.settings import Settings
 
 app = Chalice(app_name="ws-broadcast")
+# Chalice 1.34 still marks WebSocket APIs experimental; `chalice package` and `deploy` refuse without this.
 app.experimental_feature_flags.update(["WEBSOCKETS"])
+app.websocket_api.session = boto3.session.Session()
+
+
+@functools.cache
+def broadcaster() -> Broadcaster:
+    """Read the settings and build the service once; a bad setting raises on every call until fixed."""
+    return Broadcaster.from_settings(Settings.from_env(os.environ), app.websocket_api.session)
 
 
 @app.on_ws_connect()
-def connect(event):
-    return {"statusCode": 200}
+def connect(event: WebsocketEvent) -> dict:
+    gateway_event = GatewayEvent.from_dict(event.to_dict())
+    with _logged(event, gateway_event):
+        return {"statusCode": broadcaster().connect(gateway_event)}
 
 
 @app.on_ws_message()
-def message(event):
-    return {"statusCode": 200}
+def message(event: WebsocketEvent) -> dict:
+    gateway_event = GatewayEvent.from_dict(event.to_dict())
+    remaining_seconds = event.context.get_remaining_time_in_millis() / 1000
+    with _logged(event, gateway_event):
+        return {"statusCode": broadcaster().publish(gateway_event, remaining_seconds)}
 
 
 @app.on_ws_disconnect()
-def disconnect(event):
-    return {"statusCode": 200}
+def disconnect(event: WebsocketEvent) -> dict:
+    gateway_event = GatewayEvent.from_dict(event.to_dict())
+    with _logged(event, gateway_event):
+        return {"statusCode": broadcaster().disconnect(gateway_event)}
+
+
+def _logged(event: WebsocketEvent, gateway_event: GatewayEvent):
+    return invocation_keys(
+        request_id=request_id_of(event.context),
+        connection_id=gateway_event.connection_id,
+        route=gateway_event.route_key,
+    )

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import botocore.session
 from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from redis.credentials import CredentialProvider
@@ -93,14 +94,17 @@ class IamTokenProvider(CredentialProvider):
         return request.url.removeprefix("http://")
 
 
-def credential_provider(settings: Settings, session: Any) -> CredentialProvider | None:
+def credential_provider(settings: Settings, session: Any = None) -> CredentialProvider | None:
     """The credential provider ``settings`` ask for, or ``None`` when REDIS_URL says it all.
 
-    Use it as ``redis.Redis.from_url(settings.redis_url, credential_provider=...)``.
+    Use it as ``redis.Redis.from_url(settings.redis_url, credential_provider=...)``. ``session`` is
+    the app's boto3 session; without one, botocore's default credential chain is used.
     """
     auth = settings.redis_auth
     if auth.mode != "iam":
         return None
+    if session is None:
+        session = botocore.session.get_session()
     return IamTokenProvider(
-        user_id=auth.user_id, cache_name=auth.cache_name, region=auth.region, session=session
+        user_id=auth.user_id, cache_name=auth.cache_name, region=settings.aws_region, session=session
     )

@@ -28,7 +28,6 @@ REDIS_AUTH_MODES = ("none", "iam")
 # ElastiCache user ids and replication group ids: a letter, then letters, digits and single hyphens.
 _ELASTICACHE_ID_PATTERN = re.compile(r"^[A-Za-z](?:-?[A-Za-z0-9])*$")
 _ELASTICACHE_ID_MAX_LENGTH = 40
-_REGION_PATTERN = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,18 +36,20 @@ class RedisAuth:
 
     ``mode="none"``: REDIS_URL says it all (no AUTH, or a password inside the URL for local use).
     ``mode="iam"``: ElastiCache IAM authentication; ``chalicelib.redis_auth`` signs a short-lived
-    token with the function's role for ``user_id`` on the replication group ``cache_name``.
+    token with the function's role for ``user_id`` on the replication group ``cache_name``, in the
+    region ``Settings.aws_region``.
     """
 
     mode: str = "none"
     user_id: str | None = None
     cache_name: str | None = None
-    region: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str
+    aws_region: str
+    redis_cluster: bool = False
     redis_key_prefix: str = "wsbroadcast"
     redis_socket_timeout_seconds: float = 2.0
     fanout_workers: int = 32
@@ -62,6 +63,8 @@ class Settings:
         """Build and validate settings from an environment mapping (``os.environ`` in Lambda)."""
         return cls(
             redis_url=_redis_url(env),
+            aws_region=_region(env),
+            redis_cluster=_flag(env, "REDIS_CLUSTER"),
             redis_key_prefix=_key_prefix(env),
             redis_socket_timeout_seconds=_number(
                 env, "REDIS_SOCKET_TIMEOUT_SECONDS", float, 2.0, low=0.05, high=30
@@ -113,6 +116,16 @@ def _redis_url(env: Mapping[str, str]) -> str:
     return url
 
 
+def _region(env: Mapping[str, str]) -> str:
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise SettingsError(
+            "AWS_REGION is not set: Lambda sets it; locally, export AWS_DEFAULT_REGION=us-east-1 "
+            "(the Management API endpoint and its request signatures need a region)"
+        )
+    return region
+
+
 def _key_prefix(env: Mapping[str, str]) -> str:
     prefix = env.get("REDIS_KEY_PREFIX", "wsbroadcast")
     if not _PREFIX_PATTERN.match(prefix):
@@ -121,6 +134,15 @@ def _key_prefix(env: Mapping[str, str]) -> str:
             f"(no braces: the service adds the cluster hash tag itself), got {prefix!r}"
         )
     return prefix
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {env[name]!r}")
 
 
 def _number(env, name, kind, default, *, low, high):
@@ -193,7 +215,6 @@ def _redis_auth(env: Mapping[str, str]) -> RedisAuth:
         cache_name=_elasticache_id(
             "REDIS_IAM_CACHE_NAME", cache_name, "the ElastiCache replication group id (lowercase)"
         ).lower(),
-        region=_region(env),
     )
 
 
@@ -206,16 +227,3 @@ def _elasticache_id(name: str, value: str, what: str) -> str:
             f"hyphens, starting with a letter, got {value!r}"
         )
     return value
-
-
-def _region(env: Mapping[str, str]) -> str:
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        region = env.get(name, "").strip()
-        if region:
-            if not _REGION_PATTERN.match(region):
-                raise SettingsError(f"{name} must be an AWS region such as us-east-1, got {region!r}")
-            return region
-    raise SettingsError(
-        "REDIS_AUTH=iam signs its token for a region: set AWS_REGION (Lambda sets it for you) "
-        "or AWS_DEFAULT_REGION, e.g. us-east-1"
-    )

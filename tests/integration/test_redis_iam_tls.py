@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 import redis
 
 from chalicelib.redis_auth import TOKEN_LIFETIME_SECONDS, IamTokenProvider, credential_provider
+from chalicelib.registry import ConnectionRegistry, RegistryUnavailable, redis_client
 from chalicelib.settings import Settings
 
 pytestmark = pytest.mark.redis_server
@@ -169,6 +171,39 @@ def test_client_authenticates_over_tls_with_the_signed_token(tls_redis):
     client.close()
 
 
+def test_the_apps_registry_works_over_tls_with_iam_auth(tls_redis, monkeypatch):
+    # GIVEN the throwaway CA is trusted the way a system CA is (ElastiCache's certificates are
+    # publicly trusted, so the app passes no CA file: redis-py's default context must verify them)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_redis.ca_file))
+    settings = _iam_settings(tls_redis.port)
+    session = _session()
+    # AND the server accepts the token this session signs (its signing time pinned to one second)
+    fixed = dt.datetime(2026, 1, 2, 3, 4, 5)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: fixed)
+    _, token = credential_provider(settings, session).get_credentials()
+    _set_iam_user_password(tls_redis, token)
+    # WHEN the app's own registry, built from settings exactly as in Lambda, is used
+    registry = ConnectionRegistry.from_settings(settings, session)
+    now_ms = int(time.time() * 1000)
+    registry.add("AAAAconnA=", now_ms)
+    registry.add("AAAAconnB=", now_ms)
+    registry.remove("AAAAconnB=")
+    # THEN it reached Redis over TLS as the IAM user
+    assert registry.snapshot().live == ["AAAAconnA="]
+    with tls_redis.admin() as admin:
+        assert USER_ID in {client["user"] for client in admin.client_list()}
+
+
+def test_the_apps_client_is_refused_with_a_wrong_token(tls_redis, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_redis.ca_file))
+    settings = _iam_settings(tls_redis.port)
+    _set_iam_user_password(tls_redis, "a-token-for-someone-else")
+    registry = ConnectionRegistry.from_settings(settings, _session())
+    with pytest.raises(RegistryUnavailable):
+        registry.add("AAAAconnA=", int(time.time() * 1000))
+    assert redis_client(settings, _session()).connection_pool.connection_kwargs["credential_provider"]
+
+
 def test_a_wrong_token_is_refused(tls_redis):
     # GIVEN the server expects some other token for the IAM user
     settings = _iam_settings(tls_redis.port)
@@ -250,7 +285,7 @@ def test_token_is_cached_until_shortly_before_expiry():
 
 
 def test_no_provider_without_iam():
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": REGION})
     assert credential_provider(settings, _session()) is None
 
 

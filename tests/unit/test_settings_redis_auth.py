@@ -26,37 +26,27 @@ def _with(**changes: str | None) -> dict[str, str]:
 
 
 def test_default_is_no_extra_authentication():
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": "us-east-1"})
     assert settings.redis_auth == RedisAuth(mode="none")
 
 
 @pytest.mark.parametrize("value", ["none", "NONE", " none ", ""])
 def test_none_spelled_any_way(value):
-    settings = Settings.from_env({"REDIS_URL": "rediss://:pw@host:6379/0", "REDIS_AUTH": value})
+    env = {"REDIS_URL": "rediss://:pw@host:6379/0", "REDIS_AUTH": value, "AWS_REGION": "us-east-1"}
+    settings = Settings.from_env(env)
     assert settings.redis_auth.mode == "none"
 
 
-def test_iam_mode_reads_user_cache_and_region():
-    auth = Settings.from_env(IAM_ENV).redis_auth
-    assert auth == RedisAuth(
-        mode="iam", user_id="ws-broadcast-app", cache_name="ws-broadcast", region="us-east-1"
-    )
+def test_iam_mode_reads_user_and_cache_name():
+    settings = Settings.from_env(IAM_ENV)
+    assert settings.redis_auth == RedisAuth(mode="iam", user_id="ws-broadcast-app", cache_name="ws-broadcast")
+    assert settings.aws_region == "us-east-1"  # the token is signed for the functions' region
 
 
 def test_cache_name_is_lowercased_as_elasticache_stores_it():
     assert (
         Settings.from_env(_with(REDIS_IAM_CACHE_NAME="WS-Broadcast")).redis_auth.cache_name == "ws-broadcast"
     )
-
-
-def test_region_falls_back_to_aws_default_region():
-    env = _with(AWS_REGION=None, AWS_DEFAULT_REGION="eu-central-1")
-    assert Settings.from_env(env).redis_auth.region == "eu-central-1"
-
-
-def test_aws_region_wins_over_the_default_region():
-    env = _with(AWS_REGION="eu-west-1", AWS_DEFAULT_REGION="us-east-1")
-    assert Settings.from_env(env).redis_auth.region == "eu-west-1"
 
 
 def test_settings_are_frozen():
@@ -80,9 +70,6 @@ def test_settings_are_frozen():
         ({"REDIS_IAM_USER_ID": "a" * 41}, ["REDIS_IAM_USER_ID", "40"]),
         ({"REDIS_IAM_CACHE_NAME": None}, ["REDIS_IAM_CACHE_NAME is not set", "replication group"]),
         ({"REDIS_IAM_CACHE_NAME": "my_cache"}, ["REDIS_IAM_CACHE_NAME"]),
-        ({"AWS_REGION": None}, ["AWS_REGION", "AWS_DEFAULT_REGION"]),
-        ({"AWS_REGION": "Mars"}, ["AWS_REGION", "us-east-1"]),
-        ({"AWS_REGION": None, "AWS_DEFAULT_REGION": "nowhere"}, ["AWS_DEFAULT_REGION"]),
     ],
 )
 def test_invalid_iam_settings_name_the_variable_and_the_fix(changes, names):
@@ -94,7 +81,7 @@ def test_invalid_iam_settings_name_the_variable_and_the_fix(changes, names):
 
 @pytest.mark.parametrize("name", ["REDIS_IAM_USER_ID", "REDIS_IAM_CACHE_NAME"])
 def test_iam_variables_without_iam_mode_are_an_error(name):
-    env = {"REDIS_URL": "redis://127.0.0.1:6379/0", name: "something"}
+    env = {"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": "us-east-1", name: "something"}
     with pytest.raises(SettingsError, match=f"{name} is set but REDIS_AUTH is 'none'"):
         Settings.from_env(env)
 

@@ -1,0 +1,34 @@
+"""A typed, read-only view of the API Gateway WebSocket event fields this service uses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GatewayEvent:
+    route_key: str
+    connection_id: str
+    api_id: str
+    stage: str
+    request_id: str
+    connected_at_ms: int
+    request_time_ms: int
+    body: str | None
+
+    @classmethod
+    def from_dict(cls, event: Mapping[str, Any]) -> GatewayEvent:
+        """Read an event as API Gateway sends it to Lambda (``requestContext`` plus ``body`` on messages)."""
+        context = event["requestContext"]
+        return cls(
+            route_key=context["routeKey"],
+            connection_id=context["connectionId"],
+            api_id=context["apiId"],
+            stage=context["stage"],
+            request_id=context.get("requestId", ""),
+            connected_at_ms=int(context["connectedAt"]),
+            request_time_ms=int(context["requestTimeEpoch"]),
+            body=event.get("body"),
+        )
