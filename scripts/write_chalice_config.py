@@ -5,8 +5,8 @@
     scripts/write_chalice_config.py --describe-stacks build/stack-NET.json --stage prod
 
 For the stage it sets, and leaves everything else in the file as it was:
-  - ``subnet_ids`` / ``security_group_ids`` of the three WebSocket functions (and of the stage, if the
-    stage sets them there), from the outputs PrivateSubnetIds and FunctionSecurityGroupId;
+  - ``subnet_ids`` / ``security_group_ids`` from the outputs PrivateSubnetIds and FunctionSecurityGroupId,
+    at the stage level if the stage sets them there, else on each of the three WebSocket functions;
   - ``environment_variables`` REDIS_URL, REDIS_AUTH, REDIS_IAM_USER_ID, REDIS_IAM_CACHE_NAME (and the
     same names where a function overrides them, so no stale value wins);
   - ``autogen_policy: false`` with ``iam_policy_file: policy-<stage>.json``, written next to the config:
@@ -112,16 +112,21 @@ def update_config(config: dict, stage: str, outputs: dict[str, str], policy_file
     }
     stage_config = config.setdefault("stages", {}).setdefault(stage, {})
     stage_config.setdefault("environment_variables", {}).update(env)
-    for key, value in (("subnet_ids", subnets), ("security_group_ids", groups)):
-        if key in stage_config:
-            stage_config[key] = value
     stage_config["autogen_policy"] = False
     stage_config["iam_policy_file"] = policy_file
+    # The VPC goes where the stage already puts it: at the stage level (every function of the stage)
+    # when it is there, else on each WebSocket function; a function-level value always wins in chalice,
+    # so any that exists is rewritten too.
+    vpc = {"subnet_ids": subnets, "security_group_ids": groups}
+    at_stage_level = "subnet_ids" in stage_config or "security_group_ids" in stage_config
+    if at_stage_level:
+        stage_config.update(vpc)
     functions = stage_config.setdefault("lambda_functions", {})
     for name in FUNCTIONS:
         function = functions.setdefault(name, {})
-        function["subnet_ids"] = subnets
-        function["security_group_ids"] = groups
+        for key, value in vpc.items():
+            if not at_stage_level or key in function:
+                function[key] = value
         overridden = function.get("environment_variables", {})
         for key in env.keys() & overridden.keys():
             overridden[key] = env[key]

@@ -100,6 +100,28 @@ def test_writes_network_and_cache_settings_into_the_stage(chalice_dir):
     assert prod["iam_policy_file"] == "policy-prod.json"
 
 
+def test_the_projects_own_config_gets_its_stage_level_vpc_rewritten(tmp_path):
+    # GIVEN the repository's .chalice/config.json (prod sets the VPC for the whole stage)
+    chalice_dir = tmp_path / ".chalice"
+    chalice_dir.mkdir()
+    original = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    (chalice_dir / "config.json").write_text(json.dumps(original))
+    # WHEN
+    assert _run(chalice_dir).returncode == 0
+    # THEN the stage-level placeholders are replaced, and no function carries a copy of its own
+    prod = json.loads((chalice_dir / "config.json").read_text())["stages"]["prod"]
+    assert prod["subnet_ids"] == SUBNETS
+    assert prod["security_group_ids"] == [FUNCTION_SG]
+    for name in FUNCTIONS:
+        function = prod["lambda_functions"][name]
+        assert function.get("subnet_ids", SUBNETS) == SUBNETS
+        assert function.get("security_group_ids", [FUNCTION_SG]) == [FUNCTION_SG]
+    assert prod["environment_variables"]["REDIS_AUTH"] == "iam"
+    assert "@" not in prod["environment_variables"]["REDIS_URL"]
+    expected_dev = original["stages"]["dev"]
+    assert json.loads((chalice_dir / "config.json").read_text())["stages"]["dev"] == expected_dev
+
+
 def test_everything_else_is_preserved(chalice_dir):
     assert _run(chalice_dir).returncode == 0
     config = json.loads((chalice_dir / "config.json").read_text())
