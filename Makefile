@@ -43,20 +43,21 @@ package:
 	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml -o $(MERGE_TEMPLATE)
 	$(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
 
-## make deploy bucket=BUCKET stack=STACK [cache=NAME]: upload the code to BUCKET, deploy stack STACK.
+## make deploy bucket=BUCKET stack=STACK [cache=NAME] [params="NatGateways=2 ..."]: upload the code to
+## BUCKET, deploy the one stack STACK (params: more infra/network.yaml parameters).
 deploy:
 	@test -n "$(bucket)" || { echo "make deploy: bucket is missing: make deploy bucket=<S3 bucket for the code> stack=<stack name>" >&2; exit 2; }
 	@test -n "$(stack)" || { echo "make deploy: stack is missing: make deploy bucket=<S3 bucket for the code> stack=<stack name>" >&2; exit 2; }
 	$(MAKE) --no-print-directory package
 	$(AWS) cloudformation package --template-file $(OUT)/sam.json --s3-bucket $(bucket) --output-template-file $(OUT)/packaged.yaml
-	$(AWS) cloudformation deploy --template-file $(OUT)/packaged.yaml --stack-name $(stack) --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --parameter-overrides CacheName=$(cache) --no-fail-on-empty-changeset
+	$(AWS) cloudformation deploy --template-file $(OUT)/packaged.yaml --stack-name $(stack) --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
 	@echo "WebSocket endpoint: $(AWS) cloudformation describe-stacks --stack-name $(stack) --query \"Stacks[0].Outputs[?OutputKey=='WebsocketConnectEndpointURL'].OutputValue\" --output text"
 
-## make network stack=STACK [cache=NAME]: deploy infra/network.yaml alone, then write its outputs into
+## make network stack=STACK [cache=NAME] [params=...]: deploy infra/network.yaml alone, then write its outputs into
 ## .chalice/config.json (stage $(STAGE)); then run: $(CHALICE) deploy --stage $(STAGE)
 network:
 	@test -n "$(stack)" || { echo "make network: stack is missing: make network stack=<stack name for the network and cache>" >&2; exit 2; }
-	$(AWS) cloudformation deploy --template-file infra/network.yaml --stack-name $(stack) --parameter-overrides CacheName=$(cache) --no-fail-on-empty-changeset
+	$(AWS) cloudformation deploy --template-file infra/network.yaml --stack-name $(stack) --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
 	$(MAKE) --no-print-directory chalice-config stack=$(stack)
 	@echo "next: $(CHALICE) deploy --stage $(STAGE)"
 

@@ -112,10 +112,21 @@ def test_deploy_packages_then_uploads_and_deploys_one_stack(sandbox):
     assert "WebsocketConnectEndpointURL" in result.stdout
 
 
-def test_deploy_takes_an_explicit_cache_name(sandbox):
+def test_deploy_takes_an_explicit_cache_name_and_more_parameters(sandbox):
     _, make, calls = sandbox
-    assert make("deploy", "bucket=b", "stack=s", "cache=my-cache").returncode == 0
-    assert _option(calls()[-1], "--parameter-overrides") == "CacheName=my-cache"
+    result = make(
+        "deploy",
+        "bucket=b",
+        "stack=s",
+        "cache=my-cache",
+        "params=NatGateways=2 CacheNodeType=cache.t4g.small",
+    )
+    assert result.returncode == 0, result.stderr
+    deploy = calls()[-1]
+    overrides = deploy[
+        deploy.index("--parameter-overrides") + 1 : deploy.index("--no-fail-on-empty-changeset")
+    ]
+    assert overrides == ["CacheName=my-cache", "NatGateways=2", "CacheNodeType=cache.t4g.small"]
 
 
 @pytest.mark.parametrize(
