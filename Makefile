@@ -42,6 +42,7 @@ MERGE_TEMPLATE := $(BUILD)/merge-template.json
 package:
 	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml -o $(MERGE_TEMPLATE)
 	$(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
+	$(PY) scripts/compose_template.py --verify $(OUT)/sam.json
 
 ## make deploy bucket=BUCKET stack=STACK [cache=NAME] [params="NatGateways=2 ..."]: upload the code to
 ## BUCKET, deploy the one stack STACK (params: more infra/network.yaml parameters).

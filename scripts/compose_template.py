@@ -47,11 +47,37 @@ def compose(templates: list[tuple[str, dict]]) -> dict:
     return result
 
 
+def verify_merged(template: dict) -> list[str]:
+    """Problems of a merged package: an override whose chalice resource was not generated is left
+    without a Type (e.g. DefaultRole when the stage sets autogen_policy false: chalice then makes one
+    role per function)."""
+    return [
+        f"{name} is in the merge template but chalice generated no such resource"
+        for name, resource in template.get("Resources", {}).items()
+        if "Type" not in resource
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("templates", nargs="+", type=Path)
-    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("templates", nargs="*", type=Path)
+    parser.add_argument("-o", "--output", type=Path)
+    parser.add_argument("--verify", type=Path, help="check a merged chalice package (sam.json) instead")
     args = parser.parse_args(argv)
+    if args.verify:
+        problems = verify_merged(json.loads(args.verify.read_text()))
+        for problem in problems:
+            print(f"compose_template: {args.verify}: {problem}", file=sys.stderr)
+        if problems:
+            print(
+                "compose_template: does the stage set autogen_policy false or its own role (written by "
+                "`make chalice-config` for the chalice deploy path)? The one-stack path needs chalice's "
+                "default role: package a stage without them.",
+                file=sys.stderr,
+            )
+        return 1 if problems else 0
+    if not args.templates or args.output is None:
+        parser.error("give the templates to join and -o OUTPUT (or --verify PACKAGE)")
     try:
         composed = compose([(str(path), load(path)) for path in args.templates])
     except ComposeError as error:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +210,40 @@ def test_a_stack_still_in_progress_is_refused(chalice_dir, tmp_path):
     result = _run(chalice_dir, _describe_with(tmp_path, lambda s: s.update(StackStatus="CREATE_IN_PROGRESS")))
     assert result.returncode == 1
     assert "CREATE_IN_PROGRESS" in result.stderr
+
+
+def test_chalice_accepts_the_written_config(tmp_path):
+    """`chalice package --stage prod` (offline) on the written config: the stand-in for `chalice deploy`."""
+    # GIVEN a copy of the project whose config the script rewrote
+    project = tmp_path / "project"
+    project.mkdir()
+    for item in ("app.py", "chalicelib", "requirements.txt", ".chalice"):
+        source = ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, project / item, ignore=shutil.ignore_patterns("deployed", "deployments"))
+        else:
+            shutil.copy(source, project / item)
+    assert _run(project / ".chalice").returncode == 0
+    # WHEN chalice builds the stage
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "chalice"), "--project-dir", str(project), "package", "--stage", "prod",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, env={**env, "AWS_DEFAULT_REGION": "eu-west-1"}, timeout=300,
+    )  # fmt: skip
+    # THEN every function gets the stack's network and cache, and its role the written policy
+    # (with autogen_policy false chalice gives each function a role of its own, all with this policy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    template = json.loads((tmp_path / "out" / "sam.json").read_text())
+    functions = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+    assert len(functions) == 3
+    for function in functions.values():
+        props = function["Properties"]
+        assert props["VpcConfig"] == {"SubnetIds": SUBNETS, "SecurityGroupIds": [FUNCTION_SG]}
+        assert props["Environment"]["Variables"]["REDIS_AUTH"] == "iam"
+        assert props["Environment"]["Variables"]["REDIS_IAM_CACHE_NAME"] == "ws-net"
+    written = json.loads((project / ".chalice" / "policy-prod.json").read_text())
+    for function in functions.values():
+        role = template["Resources"][function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        (policy,) = role["Properties"]["Policies"]
+        assert policy["PolicyDocument"] == written
