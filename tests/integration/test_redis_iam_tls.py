@@ -33,6 +33,7 @@ from chalicelib.settings import Settings
 
 pytestmark = pytest.mark.redis_server
 
+ROOT = Path(__file__).resolve().parents[2]
 USER_ID = "ws-app-iam"
 CACHE_NAME = "ws-broadcast-cache"
 REGION = "eu-west-1"
@@ -148,9 +149,17 @@ def _app_client(settings: Settings, provider, ca_file: Path) -> redis.Redis:
     )
 
 
+def _app_user_access_string() -> list[str]:
+    """The ElastiCache app user's access string, from infra/network.yaml: the test grants exactly it."""
+    from chalice.package import YAMLTemplateSerializer
+
+    template = YAMLTemplateSerializer().load_template((ROOT / "infra" / "network.yaml").read_text())
+    return template["Resources"]["CacheAppUser"]["Properties"]["AccessString"].split()
+
+
 def _set_iam_user_password(server: TlsRedis, password: str) -> None:
     with server.admin() as admin:
-        admin.execute_command("ACL", "SETUSER", USER_ID, "reset", "on", f">{password}", "~*", "&*", "+@all")
+        admin.execute_command("ACL", "SETUSER", USER_ID, "reset", f">{password}", *_app_user_access_string())
 
 
 def test_client_authenticates_over_tls_with_the_signed_token(tls_redis):
@@ -167,6 +176,9 @@ def test_client_authenticates_over_tls_with_the_signed_token(tls_redis):
     assert user == USER_ID
     assert client.execute_command("ACL", "WHOAMI") in (USER_ID, USER_ID.encode())
     assert client.get("{wsbroadcast}:probe") == b"1"
+    # AND the template's access string keeps dangerous commands from it
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.flushall()
     assert client.connection_pool.connection_kwargs.get("ssl_ca_certs") == str(tls_redis.ca_file)
     client.close()
 
