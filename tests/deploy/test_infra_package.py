@@ -16,6 +16,9 @@ import pytest
 from chalice.constants import CLOUDWATCH_LOGS, POST_TO_WEBSOCKET_CONNECTION_POLICY, VPC_ATTACH_POLICY
 from chalice.package import YAMLTemplateSerializer
 
+# `chalice package` downloads the runtime wheels on a fresh machine: more than the default timeout.
+pytestmark = pytest.mark.timeout(600)
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 FUNCTIONS = ("WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect")

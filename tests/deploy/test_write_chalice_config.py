@@ -212,6 +212,7 @@ def test_a_stack_still_in_progress_is_refused(chalice_dir, tmp_path):
     assert "CREATE_IN_PROGRESS" in result.stderr
 
 
+@pytest.mark.timeout(600)  # `chalice package` downloads the runtime wheels on a fresh machine
 def test_chalice_accepts_the_written_config(tmp_path):
     """`chalice package --stage prod` (offline) on the written config: the stand-in for `chalice deploy`."""
     # GIVEN a copy of the project whose config the script rewrote
