@@ -1,0 +1,60 @@
+"""Shared fixtures. AWS is never called: boto3 gets dummy credentials and a local endpoint."""
+
+from __future__ import annotations
+
+import os
+
+import fakeredis
+import pytest
+import redis
+
+from tests.support.management_api_server import ManagementApiServer
+from tests.support.redis_server import RedisServer
+
+# Dummy credentials, and no shared config or instance metadata: nothing can reach real AWS.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_SESSION_TOKEN="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_CONFIG_FILE=os.devnull,
+    AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    AWS_EC2_METADATA_DISABLED="true",
+)
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """One real redis-server for the session; tests isolate themselves by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_redis_server(tmp_path) -> RedisServer:
+    """A real redis-server of the test's own, which the test may stop and start again."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def redis_client(request) -> redis.Redis:
+    """The same test against fakeredis and a real redis-server."""
+    if request.param == "fakeredis":
+        client = fakeredis.FakeRedis(decode_responses=True)
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_server").url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def management_api() -> ManagementApiServer:
+    with ManagementApiServer(stage="api") as server:
+        yield server

@@ -1,0 +1,43 @@
+"""The registry on cluster-mode Redis (as ElastiCache's cluster mode enabled), through RedisCluster."""
+
+import pytest
+import redis
+
+from chalicelib.registry import ConnectionRegistry, redis_client
+from chalicelib.settings import Settings
+from tests.support.redis_server import RedisServer, free_port
+
+
+@pytest.fixture
+def cluster_node(tmp_path) -> RedisServer:
+    """A one-node Redis Cluster that owns every slot."""
+    # The bus port defaults to port + 10000, which a free port may push past 65535: pick it too.
+    cluster_options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    server = RedisServer(tmp_path / "node", *cluster_options, "--cluster-port", str(free_port()))
+    server.start()
+    admin = redis.Redis(port=server.port)
+    admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    admin.close()
+    server.wait_for_log("Cluster state changed: ok")
+    yield server
+    server.stop()
+
+
+def test_the_registry_works_on_a_cluster_with_its_hash_tag(cluster_node):
+    # GIVEN settings for cluster mode
+    settings = Settings.from_env(
+        {"REDIS_URL": cluster_node.url, "AWS_REGION": "us-east-1", "REDIS_CLUSTER": "true"}
+    )
+    client = redis_client(settings)
+    assert type(client).__name__ == "RedisCluster"
+    registry = ConnectionRegistry(client, key=settings.registry_key, max_age_seconds=7200, clock=lambda: 1000)
+    # WHEN connections come and go THEN the same single-key commands work through the cluster client
+    registry.add("AAAAAAAAAAAAAAA=", 1_000_000)
+    registry.add("BBBBBBBBBBBBBBB=", 1_000_000)
+    registry.remove("AAAAAAAAAAAAAAA=")
+    assert registry.snapshot().live == ["BBBBBBBBBBBBBBB="]
+    registry.forget(["BBBBBBBBBBBBBBB="])
+    assert registry.snapshot().live == []
+    # AND the key's slot is decided by its hash tag alone
+    assert client.keyslot(settings.registry_key) == client.keyslot("{wsbroadcast}")
+    client.close()

@@ -1,0 +1,60 @@
+"""A Redis outage fails cleanly and the same process recovers once Redis is back."""
+
+import uuid
+
+import pytest
+
+from chalicelib import envelope
+from tests.support.gateway_driver import GatewayDriver
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture
+def durable_redis(tmp_path) -> RedisServer:
+    """A server that keeps its data across a restart, as an ElastiCache replica does across a failover."""
+    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(monkeypatch, durable_redis, management_api):
+    monkeypatch.setenv("REDIS_URL", durable_redis.url)
+    monkeypatch.setenv("REDIS_KEY_PREFIX", f"faults-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("REDIS_SOCKET_TIMEOUT_SECONDS", "0.5")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", management_api.endpoint)
+    import app
+
+    app.broadcaster.cache_clear()
+    yield GatewayDriver(app, management_api)
+    app.broadcaster.cache_clear()
+
+
+def test_an_outage_fails_cleanly_and_the_same_process_recovers(gateway, management_api, durable_redis):
+    # GIVEN two registered clients
+    alice, _ = gateway.connect()
+    bob, _ = gateway.connect()
+
+    # WHEN Redis goes down
+    durable_redis.stop()
+
+    # THEN a new connection is refused (non-2xx), so the client never joins a broken registry
+    carol, response = gateway.connect()
+    assert response["statusCode"] == 503
+    # AND a publish tells its sender why, once, and delivers nothing
+    assert gateway.send(alice, {"type": 1, "data": "lost?"}) == {"statusCode": 503}
+    (reply,) = management_api.wait_for(alice.connection_id, 1)
+    assert reply["error"]["code"] == envelope.REGISTRY_UNAVAILABLE
+    assert management_api.received(bob.connection_id) == []
+    # AND a disconnect fails without raising
+    assert gateway.disconnect(bob)["statusCode"] == 503
+
+    # WHEN Redis is back
+    durable_redis.start()
+
+    # THEN everything works again, in the same process, with the registry as it was
+    carol, response = gateway.connect()
+    assert response == {"statusCode": 200}
+    assert gateway.send(alice, {"type": 2, "data": "back"}) == {"statusCode": 200}
+    assert management_api.wait_for(carol.connection_id, 1)[0]["data"] == "back"

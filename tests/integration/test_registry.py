@@ -1,0 +1,92 @@
+"""The connection registry, against fakeredis and a real redis-server alike."""
+
+import pytest
+
+from chalicelib.registry import ConnectionRegistry, InvalidConnectionId
+
+KEY = "{test}:connections"
+MAX_AGE = 7200
+NOW = 1_795_654_173
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW)
+
+
+@pytest.fixture
+def registry(redis_client, clock) -> ConnectionRegistry:
+    return ConnectionRegistry(redis_client, key=KEY, max_age_seconds=MAX_AGE, clock=clock)
+
+
+def test_connections_come_and_go(registry):
+    registry.add("AAAAAAAAAAAAAAA=", NOW * 1000)
+    registry.add("BBBBBBBBBBBBBBB=", NOW * 1000)
+    assert sorted(registry.snapshot().live) == ["AAAAAAAAAAAAAAA=", "BBBBBBBBBBBBBBB="]
+    registry.remove("AAAAAAAAAAAAAAA=")
+    assert registry.snapshot().live == ["BBBBBBBBBBBBBBB="]
+
+
+def test_removing_an_unknown_connection_is_harmless(registry):
+    registry.remove("AAAAAAAAAAAAAAA=")
+    assert registry.snapshot().live == []
+
+
+def test_a_connection_is_never_a_recipient_once_it_reaches_the_maximum_age(registry, clock):
+    # GIVEN a connection whose $disconnect never came
+    registry.add("AAAAAAAAAAAAAAA=", NOW * 1000)
+    # WHEN time passes to one second before the maximum age THEN it is still live
+    clock.now = NOW + MAX_AGE - 1
+    assert registry.snapshot().live == ["AAAAAAAAAAAAAAA="]
+    # WHEN it reaches the maximum age THEN it is stale, not live
+    clock.now = NOW + MAX_AGE
+    snapshot = registry.snapshot()
+    assert snapshot.live == []
+    assert snapshot.stale == ["AAAAAAAAAAAAAAA="]
+
+
+def test_forget_removes_gone_and_stale_entries(registry, redis_client):
+    registry.add("AAAAAAAAAAAAAAA=", NOW * 1000)
+    registry.add("BBBBBBBBBBBBBBB=", NOW * 1000)
+    registry.forget(["AAAAAAAAAAAAAAA="])
+    registry.forget([])
+    assert redis_client.hkeys(KEY) == ["BBBBBBBBBBBBBBB="]
+
+
+def test_stale_entries_are_pruned_by_connects_even_without_publishes(registry, redis_client, clock):
+    # GIVEN 200 connections whose $disconnect never came
+    for i in range(200):
+        registry.add(f"old{i:013d}=", NOW * 1000)
+    # WHEN, past their maximum age, 200 new connections arrive and nothing is ever published
+    clock.now = NOW + MAX_AGE + 60
+    for i in range(200):
+        registry.add(f"new{i:013d}=", clock.now * 1000)
+    # THEN the sampling on connect has removed most stale entries: the hash stays bounded
+    assert redis_client.hlen(KEY) < 200 + 100
+
+
+def test_the_whole_registry_expires_when_no_connection_arrives_for_the_maximum_age(registry, redis_client):
+    registry.add("AAAAAAAAAAAAAAA=", NOW * 1000)
+    assert 0 < redis_client.ttl(KEY) <= MAX_AGE
+
+
+@pytest.mark.parametrize("bad_id", ["", "has space", "x" * 129, "semi;colon", "new\nline"])
+def test_invalid_connection_ids_never_reach_redis(registry, redis_client, bad_id):
+    with pytest.raises(InvalidConnectionId):
+        registry.add(bad_id, NOW * 1000)
+    with pytest.raises(InvalidConnectionId):
+        registry.remove(bad_id)
+    assert redis_client.exists(KEY) == 0
+
+
+def test_an_unreadable_entry_counts_as_stale_not_as_a_crash(registry, redis_client):
+    redis_client.hset(KEY, "AAAAAAAAAAAAAAA=", "garbage")
+    assert registry.snapshot().stale == ["AAAAAAAAAAAAAAA="]

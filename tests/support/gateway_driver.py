@@ -1,0 +1,35 @@
+"""Drives the app's three handlers as API Gateway and Lambda would, for integration tests.
+
+The handlers get events built from recorded ones and a Lambda context; they post through their own
+boto3 client to the test's Management API server, which learns of a connection only once its
+$connect handler answered 2xx, as API Gateway does.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.apigw_events import Connection
+from tests.support.lambda_context import LambdaContext
+from tests.support.management_api_server import ManagementApiServer
+
+
+class GatewayDriver:
+    def __init__(self, app_module, management_api: ManagementApiServer) -> None:
+        self.app = app_module
+        self.management_api = management_api
+
+    def connect(self, connection: Connection | None = None) -> tuple[Connection, dict]:
+        connection = connection or Connection()
+        response = self.app.connect(connection.connect_event(), LambdaContext())
+        if 200 <= response["statusCode"] < 300:
+            self.management_api.open(connection.connection_id)
+        return connection, response
+
+    def send(self, connection: Connection, message: dict | str, **event_options) -> dict:
+        body = message if isinstance(message, str) else json.dumps(message)
+        return self.app.message(connection.message_event(body, **event_options), LambdaContext())
+
+    def disconnect(self, connection: Connection) -> dict:
+        self.management_api.close(connection.connection_id)
+        return self.app.disconnect(connection.disconnect_event(), LambdaContext())

@@ -1,0 +1,132 @@
+"""A real HTTP server speaking the API Gateway Management API, for the app's real boto3 client.
+
+``POST /{stage}/@connections/{id}`` 200, ``GET`` 200 with the connection, ``DELETE`` 204; 410 for
+an id it does not know, 413 over 128 KB, 403 for an unsigned request. Tests open connections,
+read what each one received (waiting on a condition, never sleeping) and can make a connection
+answer 429 for its next few posts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+MAX_POST_BYTES = 128 * 1024
+
+
+class ManagementApiServer:
+    def __init__(self, stage: str = "api") -> None:
+        self.stage = stage
+        self._open: dict[str, datetime] = {}
+        self._received: dict[str, list[bytes]] = defaultdict(list)
+        self._throttle: dict[str, int] = defaultdict(int)
+        self._hold: threading.Event | None = None
+        self.posts = 0
+        self._changed = threading.Condition()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/{self.stage}"
+
+    def __enter__(self) -> ManagementApiServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def open(self, connection_id: str) -> None:
+        with self._changed:
+            self._open[connection_id] = datetime.now(UTC)
+
+    def close(self, connection_id: str) -> None:
+        with self._changed:
+            self._open.pop(connection_id, None)
+
+    def throttle(self, connection_id: str, times: int) -> None:
+        """Answer the next ``times`` posts to this connection with 429."""
+        with self._changed:
+            self._throttle[connection_id] = times
+
+    def hold_posts(self) -> threading.Event:
+        """Make every post wait until the returned event is set (to drive a deadline without sleeping)."""
+        self._hold = threading.Event()
+        return self._hold
+
+    def received(self, connection_id: str) -> list[dict]:
+        with self._changed:
+            return [json.loads(body) for body in self._received[connection_id]]
+
+    def wait_for(self, connection_id: str, count: int, timeout: float = 10.0) -> list[dict]:
+        with self._changed:
+            arrived = self._changed.wait_for(lambda: len(self._received[connection_id]) >= count, timeout)
+        assert arrived, f"{connection_id} received {len(self._received[connection_id])} of {count} messages"
+        return self.received(connection_id)
+
+    def _handle(self, method: str, path: str, headers, body: bytes) -> tuple[int, dict]:
+        prefix = f"/{self.stage}/@connections/"
+        if not path.startswith(prefix):
+            return 404, {"message": "Not Found"}
+        if not headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
+            return 403, {"message": "Missing Authentication Token"}
+        connection_id = unquote(path[len(prefix) :])
+        if method == "POST" and self._hold is not None:
+            self._hold.wait(30)
+        with self._changed:
+            self.posts += method == "POST"
+            if connection_id not in self._open:
+                return 410, {"message": "GoneException"}
+            if method == "GET":
+                connected_at = self._open[connection_id].isoformat()
+                return 200, {
+                    "connectedAt": connected_at,
+                    "lastActiveAt": connected_at,
+                    "identity": {"sourceIp": "127.0.0.1", "userAgent": "tests"},
+                }
+            if method == "DELETE":
+                del self._open[connection_id]
+                return 204, {}
+            if len(body) > MAX_POST_BYTES:
+                return 413, {"message": "PayloadTooLargeException"}
+            if self._throttle[connection_id] > 0:
+                self._throttle[connection_id] -= 1
+                return 429, {"message": "LimitExceededException"}
+            self._received[connection_id].append(body)
+            self._changed.notify_all()
+            return 200, {}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+        error_types = {410: "GoneException", 413: "PayloadTooLargeException", 429: "LimitExceededException"}
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, document = server._handle(self.command, self.path, self.headers, body)
+                payload = json.dumps(document).encode() if status != 204 else b""
+                self.send_response(status)
+                if status in error_types:
+                    self.send_header("x-amzn-ErrorType", error_types[status])
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_POST = do_GET = do_DELETE = _serve
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler

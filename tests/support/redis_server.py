@@ -1,0 +1,80 @@
+"""A real redis-server on a free port, for the tests: started, stopped and restarted on demand."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+READY_LINE = "Ready to accept connections"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """Debian's redis-server in its own folder; ``make test`` installs it.
+
+    Waits on the server's own log lines ("Ready to accept connections", "Cluster state changed: ok"):
+    no polling, no sleeping.
+    """
+
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+        self._lines: list[str] = []
+        self._logged = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start (or start again, on the same port and folder) and return once it accepts connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self._logged:
+            self._lines = []
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        self.process = subprocess.Popen(
+            [*command, "--dir", str(self.workdir), *self.extra_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read_log, args=(self.process,), daemon=True).start()
+        self.wait_for_log(READY_LINE, timeout)
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        with self._logged:
+            seen = self._logged.wait_for(
+                lambda: any(text in line for line in self._lines) or self.process.poll() is not None, timeout
+            )
+            log = "".join(self._lines)
+        if not seen or not any(text in line for line in log.splitlines()):
+            raise RuntimeError(f"redis-server never logged {text!r}:\n{log}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def _read_log(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            with self._logged:
+                self._lines.append(line)
+                self._logged.notify_all()
+        with self._logged:
+            self._logged.notify_all()

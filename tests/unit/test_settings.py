@@ -1,0 +1,72 @@
+"""Settings: read once from the environment; every mistake names its variable and the fix."""
+
+import pytest
+
+from chalicelib.settings import Settings, SettingsError
+
+BASE = {"REDIS_URL": "redis://localhost:6379/0", "AWS_REGION": "eu-west-1"}
+
+
+def test_defaults():
+    settings = Settings.from_env(BASE)
+    assert settings.fanout_workers == 32
+    assert settings.connection_max_age_seconds == 7200
+    assert settings.publish_deadline_seconds == 25.0
+    assert settings.redis_cluster is False
+    assert settings.management_api_endpoint_override is None
+    assert settings.registry_key == "{wsbroadcast}:connections"
+
+
+def test_every_variable_is_read():
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "rediss://:s3cret@master.example.cache.amazonaws.com:6379/0",
+            "AWS_DEFAULT_REGION": "us-east-2",
+            "REDIS_KEY_PREFIX": "chat-prod",
+            "REDIS_CLUSTER": "true",
+            "REDIS_SOCKET_TIMEOUT_SECONDS": "0.5",
+            "FANOUT_WORKERS": "64",
+            "CONNECTION_MAX_AGE_SECONDS": "600",
+            "PUBLISH_DEADLINE_SECONDS": "10",
+            "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": "http://127.0.0.1:8000/api/",
+        }
+    )
+    assert settings.aws_region == "us-east-2"
+    assert settings.registry_key == "{chat-prod}:connections"
+    assert settings.redis_cluster is True
+    assert settings.redis_socket_timeout_seconds == 0.5
+    assert settings.fanout_workers == 64
+    assert settings.connection_max_age_seconds == 600
+    assert settings.publish_deadline_seconds == 10.0
+    assert settings.management_api_endpoint_override == "http://127.0.0.1:8000/api"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"REDIS_URL": ""}, "REDIS_URL"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://localhost:notaport"}, "REDIS_URL"),
+        ({"AWS_REGION": ""}, "AWS_REGION"),
+        ({"REDIS_KEY_PREFIX": "{tagged}"}, "REDIS_KEY_PREFIX"),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+        ({"FANOUT_WORKERS": "0"}, "FANOUT_WORKERS"),
+        ({"FANOUT_WORKERS": "many"}, "FANOUT_WORKERS"),
+        ({"CONNECTION_MAX_AGE_SECONDS": "7201"}, "CONNECTION_MAX_AGE_SECONDS"),
+        ({"PUBLISH_DEADLINE_SECONDS": "29"}, "PUBLISH_DEADLINE_SECONDS"),
+        ({"REDIS_SOCKET_TIMEOUT_SECONDS": "-1"}, "REDIS_SOCKET_TIMEOUT_SECONDS"),
+        (
+            {"AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": "localhost:8000"},
+            "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI",
+        ),
+    ],
+)
+def test_a_bad_setting_names_its_variable(overrides, variable):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({**BASE, **overrides})
+
+
+def test_a_password_never_appears_in_an_error():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**BASE, "REDIS_URL": "redis://:hunter2@host:bad/0"})
+    assert "hunter2" not in str(caught.value)
