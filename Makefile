@@ -41,7 +41,8 @@ MERGE_TEMPLATE := $(BUILD)/merge-template.json
 ## make package: one template ($(OUT)/sam.json) = chalice's app + infra/network.yaml + infra/app.yaml.
 package:
 	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml -o $(MERGE_TEMPLATE)
-	$(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
+	@# chalice wants a region even to package; the template does not depend on it (it uses AWS::Region).
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
 	$(PY) scripts/compose_template.py --verify $(OUT)/sam.json
 
 ## make deploy bucket=BUCKET stack=STACK [cache=NAME] [params="NatGateways=2 ..."]: upload the code to

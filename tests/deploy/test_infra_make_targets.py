@@ -91,7 +91,7 @@ def test_deploy_packages_then_uploads_and_deploys_one_stack(sandbox):
     # THEN
     assert result.returncode == 0, result.stdout + result.stderr
     chalice, package, deploy = calls()
-    assert chalice[:4] == ["chalice", "package", "--stage", "prod"]
+    assert chalice[:4] == ["chalice", "package", "--stage", "prod"], chalice
     assert _option(chalice, "--merge-template") == "build/merge-template.json"
     assert chalice[-1] == "out"
     assert json.loads((work / "build" / "merge-template.json").read_text())["Resources"]["ReplicationGroup"]
