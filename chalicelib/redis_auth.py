@@ -24,6 +24,7 @@ import botocore.session
 from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from redis.credentials import CredentialProvider
+from redis.exceptions import RedisError
 
 from chalicelib.settings import Settings
 
@@ -34,8 +35,11 @@ TOKEN_LIFETIME_SECONDS = 900
 TOKEN_REFRESH_MARGIN_SECONDS = 60
 
 
-class RedisAuthError(RuntimeError):
-    """No token can be signed: the session has no AWS credentials."""
+class RedisAuthError(RedisError):
+    """No token can be signed: the session has no AWS credentials.
+
+    A ``RedisError``, so callers that handle Redis failures (the registry) handle this one too.
+    """
 
 
 class IamTokenProvider(CredentialProvider):

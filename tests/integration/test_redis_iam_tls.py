@@ -27,7 +27,12 @@ import botocore.auth
 import pytest
 import redis
 
-from chalicelib.redis_auth import TOKEN_LIFETIME_SECONDS, IamTokenProvider, credential_provider
+from chalicelib.redis_auth import (
+    TOKEN_LIFETIME_SECONDS,
+    IamTokenProvider,
+    RedisAuthError,
+    credential_provider,
+)
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable, redis_client
 from chalicelib.settings import Settings
 
@@ -309,5 +314,17 @@ def test_missing_credentials_fail_with_a_clear_message():
     provider = IamTokenProvider(
         user_id=USER_ID, cache_name=CACHE_NAME, region=REGION, session=NoCredentials()
     )
-    with pytest.raises(RuntimeError, match="no credentials"):
+    with pytest.raises(RedisAuthError, match="no credentials"):
         provider.get_credentials()
+
+
+def test_without_credentials_the_registry_fails_cleanly(tls_redis, monkeypatch):
+    # A missing role session is a Redis failure like any other: the handler answers 503, no crash.
+    class NoCredentials:
+        def get_credentials(self):
+            return None
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_redis.ca_file))
+    registry = ConnectionRegistry.from_settings(_iam_settings(tls_redis.port), NoCredentials())
+    with pytest.raises(RegistryUnavailable, match="no credentials"):
+        registry.add("AAAAconnA=", int(time.time() * 1000))
