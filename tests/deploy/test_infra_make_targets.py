@@ -42,9 +42,12 @@ def sandbox(tmp_path):
     """A copy of the files the targets use, so the real .chalice/config.json is never touched."""
     work = tmp_path / "repo"
     work.mkdir()
-    for item in ("Makefile", "infra", "scripts", ".chalice"):
+    for item in ("Makefile", "infra", "scripts", ".chalice", "requirements.txt", "requirements-dev.txt"):
         source = ROOT / item
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / item)
+        if source.is_dir():
+            shutil.copytree(source, work / item, ignore=shutil.ignore_patterns("deployed", "deployments"))
+        else:
+            shutil.copy(source, work / item)
     (work / ".venv").symlink_to(ROOT / ".venv")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
