@@ -40,7 +40,7 @@ def test_the_zip_holds_the_app_and_its_runtime_dependencies_only(prod_package):
     tops = {name.split("/")[0] for name in names}
     assert "app.py" in names
     assert {"chalicelib/registry.py", "chalicelib/fanout.py", "chalicelib/envelope.py"} <= set(names)
-    assert {"redis", "boto3", "botocore", "aws_lambda_powertools"} <= tops
+    assert {"redis", "boto3", "botocore"} <= tops
     for unwanted in (
         "tests",
         "localgw",
