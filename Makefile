@@ -22,3 +22,54 @@ lint:
 	scripts/bootstrap run
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# ---------------------------------------------------------------------------------------------------
+# Deploy (infra/README.md). Two paths:
+#   make deploy bucket=BUCKET stack=STACK   one CloudFormation stack: network + cache + the Chalice app
+#   make network stack=STACK                the network + cache stack alone, then its outputs are
+#                                           written into .chalice/config.json; then `chalice deploy`
+# AWS_PROFILE / AWS_DEFAULT_REGION select the account and region, as for any AWS CLI call.
+STAGE ?= prod
+OUT ?= out
+BUILD ?= build
+AWS ?= aws
+CHALICE ?= $(VENV)/bin/chalice
+# Replication group id and ElastiCache user prefix: unique per account and region, lowercase.
+cache ?= $(shell echo '$(stack)' | tr '[:upper:]' '[:lower:]')
+MERGE_TEMPLATE := $(BUILD)/merge-template.json
+
+.PHONY: package deploy network chalice-config
+
+## make package: one template ($(OUT)/sam.json) = chalice's app + infra/network.yaml + infra/app.yaml.
+package:
+	scripts/bootstrap run
+	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml -o $(MERGE_TEMPLATE)
+	@# chalice wants a region even to package; the template does not depend on it (it uses AWS::Region).
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
+	$(PY) scripts/compose_template.py --verify $(OUT)/sam.json
+
+## make deploy bucket=BUCKET stack=STACK [cache=NAME] [params="NatGateways=2 ..."]: upload the code to
+## BUCKET, deploy the one stack STACK (params: more infra/network.yaml parameters).
+deploy:
+	@test -n "$(bucket)" || { echo "make deploy: bucket is missing: make deploy bucket=<S3 bucket for the code> stack=<stack name>" >&2; exit 2; }
+	@test -n "$(stack)" || { echo "make deploy: stack is missing: make deploy bucket=<S3 bucket for the code> stack=<stack name>" >&2; exit 2; }
+	$(MAKE) --no-print-directory package
+	$(AWS) cloudformation package --template-file $(OUT)/sam.json --s3-bucket $(bucket) --output-template-file $(OUT)/packaged.yaml
+	$(AWS) cloudformation deploy --template-file $(OUT)/packaged.yaml --stack-name $(stack) --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
+	@echo "WebSocket endpoint: $(AWS) cloudformation describe-stacks --stack-name $(stack) --query \"Stacks[0].Outputs[?OutputKey=='WebsocketConnectEndpointURL'].OutputValue\" --output text"
+
+## make network stack=STACK [cache=NAME] [params=...]: deploy infra/network.yaml alone, then write its outputs into
+## .chalice/config.json (stage $(STAGE)); then run: $(CHALICE) deploy --stage $(STAGE)
+network:
+	@test -n "$(stack)" || { echo "make network: stack is missing: make network stack=<stack name for the network and cache>" >&2; exit 2; }
+	$(AWS) cloudformation deploy --template-file infra/network.yaml --stack-name $(stack) --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
+	$(MAKE) --no-print-directory chalice-config stack=$(stack)
+	@echo "next: $(CHALICE) deploy --stage $(STAGE)"
+
+## make chalice-config stack=STACK: (re)write .chalice/config.json stage $(STAGE) from the stack's outputs.
+chalice-config:
+	@test -n "$(stack)" || { echo "make chalice-config: stack is missing: make chalice-config stack=<network stack name>" >&2; exit 2; }
+	scripts/bootstrap run
+	@mkdir -p $(BUILD)
+	$(AWS) cloudformation describe-stacks --stack-name $(stack) --output json > $(BUILD)/stack-$(stack).json
+	$(PY) scripts/write_chalice_config.py --describe-stacks $(BUILD)/stack-$(stack).json --stage $(STAGE)

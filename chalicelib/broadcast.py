@@ -46,7 +46,7 @@ class Broadcaster:
     @classmethod
     def from_settings(cls, settings: Settings, session: boto3.session.Session) -> Broadcaster:
         return cls(
-            ConnectionRegistry.from_settings(settings),
+            ConnectionRegistry.from_settings(settings, session),
             ManagementApis(settings, session),
             Fanout(settings.fanout_workers),
             publish_deadline_seconds=settings.publish_deadline_seconds,

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -29,6 +30,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from chalicelib.redis_auth import credential_provider
 from chalicelib.settings import Settings
 
 # API Gateway ids are 16 characters of base64 ("ZJ8cWdV9iYcCIkg="); allow any plain token.
@@ -65,9 +67,13 @@ class Snapshot:
     stale: list[str]
 
 
-def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
-    """One client per container, with timeouts and retry with backoff on connection errors."""
+def redis_client(settings: Settings, session: Any = None) -> redis.Redis | RedisCluster:
+    """One client per container, with timeouts and retry with backoff on connection errors.
+
+    ``session`` (boto3) signs ElastiCache IAM tokens when ``REDIS_AUTH=iam``; unused otherwise.
+    """
     options = {
+        "credential_provider": credential_provider(settings, session),
         "decode_responses": True,
         "socket_timeout": settings.redis_socket_timeout_seconds,
         "socket_connect_timeout": settings.redis_socket_timeout_seconds,
@@ -99,9 +105,9 @@ class ConnectionRegistry:
         self._register = client.register_script(_REGISTER_SCRIPT)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ConnectionRegistry:
+    def from_settings(cls, settings: Settings, session: Any = None) -> ConnectionRegistry:
         return cls(
-            redis_client(settings),
+            redis_client(settings, session),
             key=settings.registry_key,
             max_age_seconds=settings.connection_max_age_seconds,
         )

@@ -24,6 +24,27 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
 
+REDIS_AUTH_MODES = ("none", "iam")
+# ElastiCache user ids and replication group ids: a letter, then letters, digits and single hyphens.
+_ELASTICACHE_ID_PATTERN = re.compile(r"^[A-Za-z](?:-?[A-Za-z0-9])*$")
+_ELASTICACHE_ID_MAX_LENGTH = 40
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisAuth:
+    """How the client authenticates to Redis beyond what REDIS_URL carries.
+
+    ``mode="none"``: REDIS_URL says it all (no AUTH, or a password inside the URL for local use).
+    ``mode="iam"``: ElastiCache IAM authentication; ``chalicelib.redis_auth`` signs a short-lived
+    token with the function's role for ``user_id`` on the replication group ``cache_name``, in the
+    region ``Settings.aws_region``.
+    """
+
+    mode: str = "none"
+    user_id: str | None = None
+    cache_name: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str
@@ -35,6 +56,7 @@ class Settings:
     connection_max_age_seconds: int = API_GATEWAY_MAX_CONNECTION_SECONDS
     publish_deadline_seconds: float = 25.0
     management_api_endpoint_override: str | None = None
+    redis_auth: RedisAuth = RedisAuth()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -65,6 +87,7 @@ class Settings:
                 high=API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS - 1,
             ),
             management_api_endpoint_override=_endpoint_override(env),
+            redis_auth=_redis_auth(env),
         )
 
     @property
@@ -154,3 +177,53 @@ def _redact(url: str) -> str:
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def _redis_auth(env: Mapping[str, str]) -> RedisAuth:
+    mode = env.get("REDIS_AUTH", "").strip().lower() or "none"
+    if mode not in REDIS_AUTH_MODES:
+        raise SettingsError(
+            f"REDIS_AUTH must be one of {', '.join(REDIS_AUTH_MODES)} (none: REDIS_URL says it all; "
+            f"iam: ElastiCache IAM authentication), got {env.get('REDIS_AUTH')!r}"
+        )
+    user_id = env.get("REDIS_IAM_USER_ID", "").strip()
+    cache_name = env.get("REDIS_IAM_CACHE_NAME", "").strip()
+    if mode == "none":
+        for name, value in (("REDIS_IAM_USER_ID", user_id), ("REDIS_IAM_CACHE_NAME", cache_name)):
+            if value:
+                raise SettingsError(
+                    f"{name} is set but REDIS_AUTH is 'none': set REDIS_AUTH=iam to use ElastiCache "
+                    f"IAM authentication, or remove {name}"
+                )
+        return RedisAuth()
+    url = urlsplit(env.get("REDIS_URL", "").strip())
+    if url.scheme != "rediss":
+        raise SettingsError(
+            "REDIS_AUTH=iam needs in-transit encryption: REDIS_URL must start with rediss://, "
+            f"got {url.scheme or 'nothing'}://"
+        )
+    if url.username or url.password:
+        raise SettingsError(
+            "REDIS_AUTH=iam signs a token for REDIS_IAM_USER_ID: REDIS_URL must carry no user or "
+            "password, e.g. rediss://HOST:6379/0"
+        )
+    return RedisAuth(
+        mode=mode,
+        user_id=_elasticache_id(
+            "REDIS_IAM_USER_ID", user_id, "the ElastiCache user id with authentication mode iam"
+        ),
+        cache_name=_elasticache_id(
+            "REDIS_IAM_CACHE_NAME", cache_name, "the ElastiCache replication group id (lowercase)"
+        ).lower(),
+    )
+
+
+def _elasticache_id(name: str, value: str, what: str) -> str:
+    if not value:
+        raise SettingsError(f"{name} is not set: REDIS_AUTH=iam needs it; set it to {what}")
+    if len(value) > _ELASTICACHE_ID_MAX_LENGTH or not _ELASTICACHE_ID_PATTERN.match(value):
+        raise SettingsError(
+            f"{name} must be {what}: 1 to {_ELASTICACHE_ID_MAX_LENGTH} letters, digits and single "
+            f"hyphens, starting with a letter, got {value!r}"
+        )
+    return value

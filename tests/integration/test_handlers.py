@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from chalicelib import envelope
-from chalicelib.log import logger
+from chalicelib.log import JsonFormatter, logger
 from chalicelib.management_api import endpoint_url
 from chalicelib.settings import Settings, SettingsError
 from tests.support.apigw_events import Connection
@@ -112,10 +112,10 @@ def json_log():
     """The JSON lines the service logs, as Lambda would ship them to CloudWatch."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logger.registered_formatter)
-    logger._logger.addHandler(handler)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
     yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    logger._logger.removeHandler(handler)
+    logger.removeHandler(handler)
 
 
 def test_one_log_line_per_publish_with_counts_and_ids_on_every_line(gateway, management_api, json_log):

@@ -9,32 +9,53 @@ answer 429 for its next few posts.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections import defaultdict
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
+from tests.support.sigv4 import signature_problem
+
 MAX_POST_BYTES = 128 * 1024
 
 
 class ManagementApiServer:
-    def __init__(self, stage: str = "api") -> None:
+    def __init__(
+        self,
+        stage: str = "api",
+        secrets: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        accept_any_connection: bool = False,
+    ) -> None:
         self.stage = stage
+        # For benchmarks: every id counts as open, and nothing received is kept.
+        self.accept_any_connection = accept_any_connection
+        # The credentials it accepts: the dummy ones the test suite gives boto3 by default.
+        self.secrets = secrets or {"testing": "testing"}
+        self.access_keys_seen: list[str] = []
         self._open: dict[str, datetime] = {}
         self._received: dict[str, list[bytes]] = defaultdict(list)
         self._throttle: dict[str, int] = defaultdict(int)
         self._hold: threading.Event | None = None
         self.posts = 0
+        self.tcp_connections = 0
+        # How it ends a response: keep the connection ("keep-alive"), announce "close", close "silently"
+        # (as a load balancer drops an idle connection), or send the body "chunked".
+        self.response_style = "keep-alive"
         self._changed = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def endpoint(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/{self.stage}"
+        scheme = "https" if isinstance(self._server.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://{host}:{port}/{self.stage}"
 
     def __enter__(self) -> ManagementApiServer:
         self._thread.start()
@@ -76,13 +97,20 @@ class ManagementApiServer:
         prefix = f"/{self.stage}/@connections/"
         if not path.startswith(prefix):
             return 404, {"message": "Not Found"}
-        if not headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
-            return 403, {"message": "Missing Authentication Token"}
+        scheme = self.endpoint.split(":")[0]
+        problem = signature_problem(
+            method, f"{scheme}://{headers['Host']}{path}", headers, body, self.secrets
+        )
+        if problem:
+            return 403, {"message": f"Forbidden: {problem}"}
+        self.access_keys_seen.append(headers["Authorization"].split("Credential=")[1].split("/")[0])
         connection_id = unquote(path[len(prefix) :])
         if method == "POST" and self._hold is not None:
             self._hold.wait(30)
         with self._changed:
             self.posts += method == "POST"
+            if self.accept_any_connection and method == "POST" and len(body) <= MAX_POST_BYTES:
+                return 200, {}
             if connection_id not in self._open:
                 return 410, {"message": "GoneException"}
             if method == "GET":
@@ -110,19 +138,34 @@ class ManagementApiServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with server._changed:
+                    server.tcp_connections += 1
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 status, document = server._handle(self.command, self.path, self.headers, body)
                 payload = json.dumps(document).encode() if status != 204 else b""
+                style = server.response_style
                 self.send_response(status)
                 if status in error_types:
                     self.send_header("x-amzn-ErrorType", error_types[status])
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
+                if style == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload) if payload else b"0\r\n\r\n"
+                else:
+                    self.send_header("Content-Length", str(len(payload)))
+                if style == "close":
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(payload)
+                if style in ("close", "silently"):
+                    self.close_connection = True
 
             do_POST = do_GET = do_DELETE = _serve
 

@@ -1,0 +1,43 @@
+"""`make bench`: every benchmark in one run, each figure beside its baseline, as a ratio.
+
+python -m bench [NAME ...]     (names: cpu, redis, coldstart, fanout; default: all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from bench import common
+
+
+def main() -> None:
+    from bench import cold_start, cpu_per_recipient, fanout_latency, redis_costs
+
+    suites = {
+        "fanout": fanout_latency.run,
+        "cpu": cpu_per_recipient.run,
+        "redis": redis_costs.run,
+        "coldstart": cold_start.run,
+    }
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*suites, []], default=list(suites))
+    names = parser.parse_args().names or list(suites)
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            started = time.monotonic()
+            figures += suites[name](Path(tmp))
+            print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)
+    print()
+    common.print_table(figures)
+    path = common.write_json(
+        figures, "latest", {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    )
+    print(f"\nfigures written to {path.relative_to(common.REPO)}")
+
+
+if __name__ == "__main__":
+    main()

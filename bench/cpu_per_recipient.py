@@ -1,0 +1,126 @@
+"""CPU per recipient of a publish: our handler against a plain boto3 post_to_connection loop.
+
+Process CPU time (all threads) around the whole publish handler, divided by deliveries. The
+Management API server runs in another process, so only the sender's CPU is counted.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+from bench.common import REPO, Figure, use_dummy_aws
+
+RECIPIENTS = 1000
+REPEATS = 5
+
+
+def process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(publish, deliveries: int) -> float:
+    """Median CPU milliseconds per delivery over REPEATS runs, after one warm-up run."""
+    publish()
+    samples = []
+    for _ in range(REPEATS):
+        started = process_cpu_seconds()
+        publish()
+        samples.append((process_cpu_seconds() - started) * 1000 / deliveries)
+    return statistics.median(samples)
+
+
+def run(tmp_dir) -> list[Figure]:
+    use_dummy_aws()
+    import os
+
+    import boto3
+    from botocore.config import Config
+
+    from chalicelib.fanout import Fanout
+    from tests.support.apigw_events import Connection
+    from tests.support.lambda_context import LambdaContext
+    from tests.support.redis_server import RedisServer
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.management_server"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    redis_server = RedisServer(tmp_dir / "redis-cpu")
+    try:
+        endpoint = server.stdout.readline().strip()
+        redis_server.start()
+        os.environ.update(
+            REDIS_URL=redis_server.url,
+            REDIS_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:6]}",
+            AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI=endpoint,
+        )
+        import app
+
+        app.broadcaster.cache_clear()
+        connections = [Connection() for _ in range(RECIPIENTS + 1)]
+        for connection in connections:
+            app.connect(connection.connect_event(), LambdaContext())
+        sender, recipients = connections[0], [c.connection_id for c in connections[1:]]
+        event = sender.message_event('{"type": 99, "data": "data to publish"}')
+
+        def ours():
+            assert app.message(event, LambdaContext()) == {"statusCode": 200}
+
+        payload = b'{"type":99,"data":"data to publish","received":1795654176}'
+        boto3_client = boto3.client(
+            "apigatewaymanagementapi", endpoint_url=endpoint, config=Config(retries={"total_max_attempts": 1})
+        )
+
+        def boto3_loop():
+            for connection_id in recipients:
+                boto3_client.post_to_connection(ConnectionId=connection_id, Data=payload)
+
+        pooled_client = boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=endpoint,
+            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=32),
+        )
+        fanout = Fanout(workers=32)
+
+        def boto3_in_our_fanout():
+            def post(connection_id, data):
+                pooled_client.post_to_connection(ConnectionId=connection_id, Data=data)
+
+            report = fanout.deliver(post, payload, recipients, deadline=time.monotonic() + 600)
+            assert report.delivered == len(recipients)
+
+        ours_ms = measure(ours, RECIPIENTS)
+        loop_ms = measure(boto3_loop, RECIPIENTS)
+        pooled_ms = measure(boto3_in_our_fanout, RECIPIENTS)
+        goal = "<= 0.333"
+        return [
+            Figure(
+                "cpu per recipient",
+                f"{RECIPIENTS} recipients, whole handler",
+                "ms",
+                ours_ms,
+                loop_ms,
+                "boto3 post loop",
+                goal,
+            ),
+            Figure(
+                "cpu per recipient",
+                "boto3 client in our 32-thread fan-out",
+                "ms",
+                pooled_ms,
+                loop_ms,
+                "boto3 post loop",
+            ),
+        ]
+    finally:
+        server.kill()
+        redis_server.stop()

@@ -1,0 +1,173 @@
+"""Redis costs of the registry beside the Go reference's bare set of ids (SADD / SREM / SMEMBERS).
+
+Per event: commands (round trips) and bytes on the wire; memory per registered connection at
+10 000 and 100 000 connections (expiry of missed disconnects included in ours, none in the set);
+and the publish-side read of 100 000 connections.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+
+import redis
+
+from bench.common import Figure
+from chalicelib.registry import ConnectionRegistry
+from tests.support.apigw_events import new_connection_id
+from tests.support.command_log import CommandLog
+from tests.support.redis_server import RedisServer
+
+KEY = "{bench}:connections"
+REFERENCE_KEY = "{bench}:reference"
+EVENT_POPULATION = 1000
+
+
+class CountingProxy:
+    """A TCP forwarder in front of redis-server that counts the bytes crossing it, both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while chunk := source.recv(65536):
+            with self._lock:
+                self.bytes += len(chunk)
+            sink.sendall(chunk)
+
+    def since_last(self) -> int:
+        with self._lock:
+            moved, self.bytes = self.bytes, 0
+        return moved
+
+
+def event_costs(server: RedisServer) -> list[Figure]:
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    client.flushall()
+    now_ms = int(time.time() * 1000)
+    registry = ConnectionRegistry(client, key=KEY, max_age_seconds=7200)
+    population = [new_connection_id() for _ in range(EVENT_POPULATION)]
+    for connection_id in population:
+        registry.add(connection_id, now_ms)
+        client.sadd(REFERENCE_KEY, connection_id)
+    newcomer = new_connection_id()
+
+    def events(registry: ConnectionRegistry, client: redis.Redis) -> dict:
+        """Each event as ours and as the reference's bare set would do it."""
+        return {
+            "connect": (lambda: registry.add(newcomer, now_ms), lambda: client.sadd(REFERENCE_KEY, newcomer)),
+            "disconnect": (lambda: registry.remove(newcomer), lambda: client.srem(REFERENCE_KEY, newcomer)),
+            f"publish to {EVENT_POPULATION}": (registry.snapshot, lambda: client.smembers(REFERENCE_KEY)),
+        }
+
+    figures = []
+    log = CommandLog(server)
+    try:
+        for name, (ours, reference) in events(registry, client).items():
+            log.commands_until_now()
+            ours()
+            ours_commands = len(log.commands_until_now())
+            reference()
+            reference_commands = len(log.commands_until_now())
+            figures.append(
+                Figure("redis round trips", name, "commands", ours_commands, reference_commands, "bare set")
+            )
+    finally:
+        log.close()
+    client.close()
+    # The same events again, through a proxy that counts every byte each way.
+    proxy = CountingProxy(server.port)
+    client = redis.Redis(port=proxy.port, decode_responses=True)
+    client.ping()
+    for name, (ours, reference) in events(
+        ConnectionRegistry(client, key=KEY, max_age_seconds=7200), client
+    ).items():
+        proxy.since_last()
+        ours()
+        ours_bytes = proxy.since_last()
+        reference()
+        figures.append(Figure("redis bytes", name, "bytes", ours_bytes, proxy.since_last(), "bare set"))
+    client.close()
+    return figures
+
+
+def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    client.flushall()
+    ids = [new_connection_id() for _ in range(population)]
+    now_ms = int(time.time() * 1000)
+    registry = ConnectionRegistry(client, key=KEY, max_age_seconds=7200)
+
+    def used_memory() -> int:
+        return client.info("memory")["used_memory"]
+
+    empty = used_memory()
+    for connection_id in ids:
+        registry.add(connection_id, now_ms)
+    ours_bytes = (used_memory() - empty) / population
+    client.flushall()
+    empty = used_memory()
+    pipeline = client.pipeline(transaction=False)
+    for connection_id in ids:
+        pipeline.sadd(REFERENCE_KEY, connection_id)
+    pipeline.execute()
+    reference_bytes = (used_memory() - empty) / population
+    figures = [
+        Figure(
+            "redis memory",
+            f"{population:,} connections",
+            "B/conn",
+            ours_bytes,
+            reference_bytes,
+            "bare set",
+            "<= 1.5",
+        )
+    ]
+    if population >= 100_000:
+        for connection_id in ids:
+            registry.add(connection_id, now_ms)
+
+        def median_ms(read) -> float:
+            read()
+            samples = []
+            for _ in range(5):
+                started = time.perf_counter()
+                read()
+                samples.append((time.perf_counter() - started) * 1000)
+            return statistics.median(samples)
+
+        figures.append(
+            Figure(
+                "registry read",
+                f"{population:,} connections",
+                "ms",
+                median_ms(lambda: registry.snapshot().live),
+                median_ms(lambda: client.smembers(REFERENCE_KEY)),
+                "SMEMBERS",
+            )
+        )
+    client.close()
+    return figures
+
+
+def run(tmp_dir) -> list[Figure]:
+    server = RedisServer(tmp_dir / "redis-costs")
+    server.start()
+    try:
+        return [*event_costs(server), *memory_and_read(server, 10_000), *memory_and_read(server, 100_000)]
+    finally:
+        server.stop()

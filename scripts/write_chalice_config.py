@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Write the network stack's outputs into .chalice/config.json for one stage (the `chalice deploy` path).
+
+    aws cloudformation describe-stacks --stack-name NET --output json > build/stack-NET.json
+    scripts/write_chalice_config.py --describe-stacks build/stack-NET.json --stage prod
+
+For the stage it sets, and leaves everything else in the file as it was:
+  - ``subnet_ids`` / ``security_group_ids`` from the outputs PrivateSubnetIds and FunctionSecurityGroupId,
+    at the stage level if the stage sets them there, else on each of the three WebSocket functions;
+  - ``environment_variables`` REDIS_URL, REDIS_AUTH, REDIS_IAM_USER_ID, REDIS_IAM_CACHE_NAME (and the
+    same names where a function overrides them, so no stale value wins);
+  - ``autogen_policy: false`` with ``iam_policy_file: policy-<stage>.json``, written next to the config:
+    chalice's generated policy has neither ``elasticache:Connect`` (IAM authentication) nor a scoped
+    ``execute-api:ManageConnections``. The API does not exist yet when this runs, so the scope is this
+    account and region (the one-stack path, `make deploy`, scopes it to the API itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect")
+USABLE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
+REQUIRED_OUTPUTS = (
+    "PrivateSubnetIds",
+    "FunctionSecurityGroupId",
+    "RedisUrl",
+    "RedisAuth",
+    "RedisIamUserId",
+    "RedisIamCacheName",
+    "RedisReplicationGroupArn",
+    "RedisIamUserArn",
+)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str, str]:
+    """(outputs by key, partition, region, account id) of the one stack in a describe-stacks answer."""
+    stacks = describe_stacks.get("Stacks") or []
+    if len(stacks) != 1:
+        raise ConfigError(f"expected exactly one stack in the describe-stacks output, found {len(stacks)}")
+    stack = stacks[0]
+    status = stack.get("StackStatus", "")
+    if status not in USABLE_STATUSES:
+        raise ConfigError(
+            f"stack {stack.get('StackName')} is {status}: wait until it is one of {sorted(USABLE_STATUSES)}"
+        )
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    missing = [key for key in REQUIRED_OUTPUTS if not outputs.get(key)]
+    if missing:
+        raise ConfigError(
+            f"stack {stack.get('StackName')} lacks the outputs {', '.join(missing)}: "
+            "is it a stack of infra/network.yaml (make network)?"
+        )
+    # arn:PARTITION:cloudformation:REGION:ACCOUNT:stack/NAME/ID
+    arn = stack["StackId"].split(":")
+    return outputs, arn[1], arn[3], arn[4]
+
+
+def policy(outputs: dict[str, str], partition: str, region: str, account: str) -> dict:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"arn:{partition}:logs:{region}:{account}:*",
+            },
+            {
+                "Sid": "VpcNetworkInterfaces",
+                "Effect": "Allow",
+                "Action": [
+                    "ec2:CreateNetworkInterface",
+                    "ec2:DescribeNetworkInterfaces",
+                    "ec2:DetachNetworkInterface",
+                    "ec2:DeleteNetworkInterface",
+                ],
+                "Resource": "*",
+            },
+            {
+                "Sid": "PostToConnectionsOfThisAccountAndRegion",
+                "Effect": "Allow",
+                "Action": "execute-api:ManageConnections",
+                "Resource": f"arn:{partition}:execute-api:{region}:{account}:*/*/*/@connections/*",
+            },
+            {
+                "Sid": "ConnectToTheCacheAsTheAppUser",
+                "Effect": "Allow",
+                "Action": "elasticache:Connect",
+                "Resource": [outputs["RedisReplicationGroupArn"], outputs["RedisIamUserArn"]],
+            },
+        ],
+    }
+
+
+def update_config(config: dict, stage: str, outputs: dict[str, str], policy_file: str) -> dict:
+    """Return ``config`` with the stage wired to the stack's outputs; other keys are kept."""
+    subnets = [s.strip() for s in outputs["PrivateSubnetIds"].split(",") if s.strip()]
+    groups = [outputs["FunctionSecurityGroupId"]]
+    env = {
+        "REDIS_URL": outputs["RedisUrl"],
+        "REDIS_AUTH": outputs["RedisAuth"],
+        "REDIS_IAM_USER_ID": outputs["RedisIamUserId"],
+        "REDIS_IAM_CACHE_NAME": outputs["RedisIamCacheName"],
+    }
+    stage_config = config.setdefault("stages", {}).setdefault(stage, {})
+    stage_config.setdefault("environment_variables", {}).update(env)
+    stage_config["autogen_policy"] = False
+    stage_config["iam_policy_file"] = policy_file
+    # The VPC goes where the stage already puts it: at the stage level (every function of the stage)
+    # when it is there, else on each WebSocket function; a function-level value always wins in chalice,
+    # so any that exists is rewritten too.
+    vpc = {"subnet_ids": subnets, "security_group_ids": groups}
+    at_stage_level = "subnet_ids" in stage_config or "security_group_ids" in stage_config
+    if at_stage_level:
+        stage_config.update(vpc)
+    functions = stage_config.setdefault("lambda_functions", {})
+    for name in FUNCTIONS:
+        function = functions.setdefault(name, {})
+        for key, value in vpc.items():
+            if not at_stage_level or key in function:
+                function[key] = value
+        overridden = function.get("environment_variables", {})
+        for key in env.keys() & overridden.keys():
+            overridden[key] = env[key]
+        for key in ("autogen_policy", "iam_policy_file"):
+            function.pop(key, None)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--describe-stacks", type=Path, required=True, help="output of aws cloudformation describe-stacks"
+    )
+    parser.add_argument("--stage", default="prod")
+    parser.add_argument("--config", type=Path, default=Path(".chalice/config.json"))
+    args = parser.parse_args(argv)
+    try:
+        outputs, partition, region, account = stack_outputs(json.loads(args.describe_stacks.read_text()))
+        config = json.loads(args.config.read_text())
+    except (ConfigError, OSError, json.JSONDecodeError) as error:
+        print(f"write_chalice_config: {error}", file=sys.stderr)
+        return 1
+    policy_file = f"policy-{args.stage}.json"
+    update_config(config, args.stage, outputs, policy_file)
+    (args.config.parent / policy_file).write_text(
+        json.dumps(policy(outputs, partition, region, account), indent=2) + "\n"
+    )
+    args.config.write_text(json.dumps(config, indent=2) + "\n")
+    print(f"write_chalice_config: stage {args.stage} of {args.config} now uses the stack's network and cache")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

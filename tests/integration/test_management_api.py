@@ -1,0 +1,169 @@
+"""The Management API client: signed as boto3 signs, keep-alive, and every failure mapped."""
+
+import ssl
+import subprocess
+import threading
+
+import boto3
+import pytest
+from botocore.credentials import RefreshableCredentials
+
+from chalicelib.management_api import DeliveryError, Gone, ManagementApi, Throttled
+from tests.support.management_api_server import ManagementApiServer
+
+CONNECTION = "CkxQ5cLSIAMCJbw="
+
+
+@pytest.fixture
+def client(management_api) -> ManagementApi:
+    management_api.open(CONNECTION)
+    return ManagementApi(boto3.session.Session(), management_api.endpoint, region="us-east-1")
+
+
+def test_boto3_and_our_client_are_signed_alike_and_both_accepted(management_api, client):
+    # GIVEN the server that checks every signature as API Gateway does
+    boto3_client = boto3.client("apigatewaymanagementapi", endpoint_url=management_api.endpoint)
+    # WHEN boto3's own client and ours post THEN both are accepted and both messages arrive
+    boto3_client.post_to_connection(ConnectionId=CONNECTION, Data=b'{"from": "boto3"}')
+    client.post(CONNECTION, b'{"from": "ours"}')
+    assert management_api.received(CONNECTION) == [{"from": "boto3"}, {"from": "ours"}]
+    # AND the rest of the API works for boto3 against the same server
+    assert boto3_client.get_connection(ConnectionId=CONNECTION)["Identity"]["SourceIp"] == "127.0.0.1"
+    boto3_client.delete_connection(ConnectionId=CONNECTION)
+    with pytest.raises(Gone):
+        client.post(CONNECTION, b"{}")
+
+
+def test_a_wrong_secret_is_refused(management_api):
+    management_api.open(CONNECTION)
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="wrong")
+    with pytest.raises(DeliveryError) as caught:
+        ManagementApi(session, management_api.endpoint, region="us-east-1").post(CONNECTION, b"{}")
+    assert caught.value.status == 403
+
+
+def test_refreshed_credentials_are_used_once_the_old_ones_expire(management_api):
+    # GIVEN credentials that expire at once, as a Lambda role's session credentials eventually do
+    management_api.secrets["rotated"] = "rotated-secret"
+    management_api.open(CONNECTION)
+    refreshed = []
+
+    def refresh():
+        refreshed.append(True)
+        return {
+            "access_key": "rotated",
+            "secret_key": "rotated-secret",
+            "token": "t2",
+            "expiry_time": "2999-01-01T00:00:00Z",
+        }
+
+    credentials = RefreshableCredentials.create_from_metadata(
+        {
+            "access_key": "testing",
+            "secret_key": "testing",
+            "token": "t1",
+            "expiry_time": "2000-01-01T00:00:00Z",
+        },
+        refresh_using=refresh,
+        method="test",
+    )
+    session = boto3.session.Session()
+    session._session._credentials = credentials
+    # WHEN a post is signed THEN it uses the refreshed key, session token included, and is accepted
+    ManagementApi(session, management_api.endpoint, region="us-east-1").post(CONNECTION, b"{}")
+    assert refreshed
+    assert management_api.access_keys_seen == ["rotated"]
+
+
+@pytest.mark.parametrize(("status", "kind"), [(410, Gone), (413, DeliveryError), (429, Throttled)])
+def test_failures_are_mapped_by_status(management_api, client, status, kind):
+    body = b"{}"
+    if status == 410:
+        management_api.close(CONNECTION)
+    elif status == 413:
+        body = b"x" * (128 * 1024 + 1)
+    else:
+        management_api.throttle(CONNECTION, 1)
+    with pytest.raises(kind) as caught:
+        client.post(CONNECTION, body)
+    assert caught.value.status == status
+
+
+def test_an_unreachable_endpoint_is_a_delivery_error():
+    client = ManagementApi(boto3.session.Session(), "http://127.0.0.1:9/api", region="us-east-1")
+    with pytest.raises(DeliveryError) as caught:
+        client.post(CONNECTION, b"{}")
+    assert caught.value.status is None
+
+
+def test_one_thread_reuses_one_connection(management_api, client):
+    for _ in range(20):
+        client.post(CONNECTION, b"{}")
+    assert management_api.tcp_connections == 1
+
+
+def test_each_thread_has_its_own_connection(management_api, client):
+    threads = [threading.Thread(target=client.post, args=(CONNECTION, b"{}")) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert management_api.tcp_connections == 4
+    assert len(management_api.received(CONNECTION)) == 4
+
+
+@pytest.mark.parametrize("style", ["close", "silently", "chunked"])
+def test_every_way_a_server_ends_a_response_is_handled(management_api, client, style):
+    # GIVEN a server that closes connections (announced or not) or sends chunked bodies
+    management_api.response_style = style
+    # WHEN several posts follow each other on one thread THEN each is delivered exactly once
+    for number in range(3):
+        client.post(CONNECTION, b'{"n": %d}' % number)
+    assert management_api.received(CONNECTION) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    with pytest.raises(Gone):
+        client.post("unknownconnection", b"{}")
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    """A throwaway certificate for 127.0.0.1, made with openssl."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+            ),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_endpoints_are_verified_against_the_ca_bundle(tls_files, monkeypatch):
+    cert, key = tls_files
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with ManagementApiServer(tls=context) as server:
+        server.open(CONNECTION)
+        # WHEN the certificate is not trusted THEN nothing is sent
+        with pytest.raises(DeliveryError):
+            ManagementApi(boto3.session.Session(), server.endpoint, region="us-east-1").post(
+                CONNECTION, b"{}"
+            )
+        # WHEN botocore's AWS_CA_BUNDLE trusts it THEN the post goes through over TLS
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        ManagementApi(boto3.session.Session(), server.endpoint, region="us-east-1").post(
+            CONNECTION, b'{"tls": true}'
+        )
+        assert server.received(CONNECTION) == [{"tls": True}]
