@@ -264,7 +264,8 @@ class Gateway:
                     await ws.close(code=code if code not in (1005, 1006) else 1000)
             if connection.server_close is not None:
                 code, reason = connection.server_close
-            self.log.line("closed", info.connection_id, f"{code} {reason} ({len(self.connections)} open)")
+            shown = f"{code} {reason}" if reason else str(code)
+            self.log.line("closed", info.connection_id, f"{shown} ({len(self.connections)} open)")
             if events.ROUTE_DISCONNECT in self.functions:
                 event = events.disconnect_event(info, status_code=code, reason=reason)
                 await self._invoke(events.ROUTE_DISCONNECT, event)
@@ -287,11 +288,12 @@ class Gateway:
                     await task
                 return WSCloseCode.UNSUPPORTED_DATA, events.DISCONNECT_REASONS[1003]
             elif msg.type is WSMsgType.CLOSE:
+                # The client's own code and reason, as API Gateway reports them (a browser closing a tab
+                # gives 1001 and ""); a close frame without a code is reported as 1005.
                 code = msg.data or 1005
-                reason = msg.extra or events.DISCONNECT_REASONS.get(code, "")
                 if code == 1005:
-                    reason = events.DISCONNECT_REASONS[1005]
-                return code, reason
+                    return code, events.DISCONNECT_REASONS[1005]
+                return code, msg.extra or ""
             elif msg.type is WSMsgType.ERROR:  # aiohttp has closed with the error's code (1009, 1002...)
                 code = getattr(msg.data, "code", None) or ws.close_code or 1006
                 return code, events.DISCONNECT_REASONS.get(code, str(msg.data))

@@ -509,13 +509,16 @@ def test_one_readable_line_per_connection_event_and_invocation(gateway):
         rf"^\d\d:\d\d:\d\d\.\d{{3}} \$connect\s+{cid} 200 \d+\.\d ms$",
         rf"^\d\d:\d\d:\d\d\.\d{{3}} connected\s+{cid} from 127\.0\.0\.1 \(\d+ open\)$",
         rf"^\d\d:\d\d:\d\d\.\d{{3}} \$default\s+{cid} 200 \d+\.\d ms$",
-        rf"^\d\d:\d\d:\d\d\.\d{{3}} closed\s+{cid} 1000 Connection Closed Normally \(\d+ open\)$",
+        rf"^\d\d:\d\d:\d\d\.\d{{3}} closed\s+{cid} 1000 \(\d+ open\)$",
         rf"^\d\d:\d\d:\d\d\.\d{{3}} \$disconnect\s+{cid} 200 \d+\.\d ms$",
     ]
     for pattern in patterns:  # an invocation's line can come after a later event's: wait for each
         gateway.wait_for(pattern, after=mark)
     gateway.wait_for(rf"\$disconnect\s+{cid} 200", after=mark)
     assert len([line for line in gateway.lines[mark:] if connection_id in line]) == len(patterns)
+    [record] = gateway.events("disconnect", connection_id)  # a close without a reason reports ""
+    assert record["event"]["requestContext"]["disconnectStatusCode"] == 1000
+    assert record["event"]["requestContext"]["disconnectReason"] == ""
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
