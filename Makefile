@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test run lint
+.PHONY: test run lint bench
 
 ## make test: install everything the suite needs (venv, redis-server, wscat), then run the whole suite.
 test:
@@ -14,6 +14,11 @@ test:
 run:
 	scripts/bootstrap run
 	$(PY) -m localgw
+
+## make bench: every benchmark beside its baseline (bench/README.md); figures in bench/results/latest.json.
+bench:
+	scripts/bootstrap test
+	$(PY) -m bench $(BENCH_ARGS)
 
 ## make lint: ruff, as CI runs it.
 lint:
