@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # Extra options for the local gateway, e.g. `make run LOCALGW_ARGS="--port 9000"` (python -m localgw --help).
 LOCALGW_ARGS ?=
 
-.PHONY: test run lint
+.PHONY: test run lint bench
 
 ## make test: install everything the suite needs (venv, redis-server, wscat), then run the whole suite.
 test:
@@ -16,6 +16,11 @@ test:
 run:
 	scripts/bootstrap run
 	$(PY) -m localgw $(LOCALGW_ARGS)
+
+## make bench: every benchmark beside its baseline (bench/README.md); figures in bench/results/latest.json.
+bench:
+	scripts/bootstrap test
+	$(PY) -m bench $(BENCH_ARGS)
 
 ## make lint: ruff, as CI runs it.
 lint:
