@@ -52,7 +52,7 @@ class Settings:
     redis_cluster: bool = False
     redis_key_prefix: str = "wsbroadcast"
     redis_socket_timeout_seconds: float = 2.0
-    fanout_workers: int = 32
+    fanout_workers: int = 64
     connection_max_age_seconds: int = API_GATEWAY_MAX_CONNECTION_SECONDS
     publish_deadline_seconds: float = 25.0
     management_api_endpoint_override: str | None = None
@@ -69,7 +69,7 @@ class Settings:
             redis_socket_timeout_seconds=_number(
                 env, "REDIS_SOCKET_TIMEOUT_SECONDS", float, 2.0, low=0.05, high=30
             ),
-            fanout_workers=_number(env, "FANOUT_WORKERS", int, 32, low=1, high=512),
+            fanout_workers=_number(env, "FANOUT_WORKERS", int, 64, low=1, high=512),
             connection_max_age_seconds=_number(
                 env,
                 "CONNECTION_MAX_AGE_SECONDS",

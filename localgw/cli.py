@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,11 +18,9 @@ from localgw.project import (
     apply_environment,
     default_project_dir,
     ensure_aws_environment,
-    import_app,
-    point_websocket_api_at,
     read_config,
-    websocket_functions,
 )
+from localgw.runtime import Runtime
 
 DEFAULT_API_ID = "localgw001"  # 10 characters, like a real API id
 
@@ -64,7 +61,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="override every function's lambda_timeout (default: from .chalice/config.json, else 60)",
     )
-    parser.add_argument("--workers", type=int, default=128, help="concurrent handler invocations")
+    bench = parser.add_argument_group("benchmarks")
+    bench.add_argument(
+        "--post-latency-ms",
+        type=float,
+        default=0.0,
+        help="answer each Management API post after this long, as a real round trip takes (default 0)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=128, help="concurrent handler invocations in the runtime process"
+    )
     parser.add_argument("--verbose", action="store_true", help="also log every Management API call")
     return parser.parse_args(argv)
 
@@ -145,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 f"redis: embedded in-process fakeredis at {embedded.url} (set REDIS_URL to use a real one)"
             )
-        app = import_app(project_dir)
-        functions = websocket_functions(app, project, region=os.environ["AWS_REGION"])
-        point_websocket_api_at(app, endpoint)
+        runtime = Runtime(
+            project_dir,
+            chalice_stage=args.chalice_stage,
+            endpoint=endpoint,
+            region=os.environ["AWS_REGION"],
+            workers=args.workers,
+        )
     except ProjectError as exc:
         print(f"localgw: {exc}", file=sys.stderr)
         if embedded is not None:
@@ -160,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         max_message_bytes=args.max_message_bytes,
         integration_timeout_seconds=args.integration_timeout_seconds,
         handler_timeout_seconds=args.handler_timeout_seconds,
+        simulated_post_latency_seconds=args.post_latency_ms / 1000,
     )
     gateway = gw.Gateway(
-        functions, stage=stage, api_id=args.api_id, limits=limits, log=log, workers=args.workers
+        runtime.functions, invoke=runtime.invoke, stage=stage, api_id=args.api_id, limits=limits, log=log
     )
-    for route_key, function in sorted(functions.items()):
+    for route_key, function in sorted(runtime.functions.items()):
         log.info(
             f"{route_key:<12} -> {function.handler_string} ({function.function_name}, "
             f"timeout {function.timeout_seconds:g} s, {function.memory_mb} MB)"
@@ -196,10 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run())
     finally:
+        runtime.stop()
         if embedded is not None:
             embedded.stop()
     log.info("stopped")
-    sys.stdout.flush()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        os._exit(0)  # a handler still running in a pool thread must not keep the process alive
     return 0

@@ -24,14 +24,17 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from localgw import events
-from localgw.lambdaenv import HandlerError, LambdaFunction, invoke, status_of
+from localgw.lambdaenv import HandlerError, LambdaFunction, status_of
+
+# Runs a function on an event within a timeout, elsewhere (the runtime process); resolves to its response.
+Invoke = Callable[..., Future]
 
 API_GATEWAY_MAX_MESSAGE_BYTES = 128 * 1024
 API_GATEWAY_IDLE_TIMEOUT_SECONDS = 600
@@ -49,6 +52,9 @@ class Limits:
     handler_timeout_seconds: float | None = None
     # How long a close handshake may take before the socket is dropped.
     close_timeout_seconds: float = 2.0
+    # For benchmarks: each Management API post answers only after this long, as a round trip from a
+    # Lambda function to API Gateway would take (0: answer at once).
+    simulated_post_latency_seconds: float = 0.0
 
 
 class Log:
@@ -109,11 +115,11 @@ class Gateway:
         self,
         functions: dict[str, LambdaFunction],
         *,
+        invoke: Invoke,
         stage: str,
         api_id: str,
         limits: Limits,
         log: Log,
-        workers: int = 128,
     ) -> None:
         self.functions = functions
         self.stage = stage
@@ -121,7 +127,7 @@ class Gateway:
         self.limits = limits
         self.log = log
         self.connections: dict[str, Connection] = {}
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+        self._invoke_function = invoke
         self._handlers: set[asyncio.Task] = set()  # one per WebSocket, done after its $disconnect
         self._background: set[asyncio.Task] = set()
         self._stopping = False
@@ -171,20 +177,15 @@ class Gateway:
         connection_id = event["requestContext"]["connectionId"]
         lambda_timeout, timeout = self._timeouts(function, route_key)
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, lambda: invoke(function, event, timeout_seconds=lambda_timeout)
-        )
+        future = asyncio.wrap_future(self._invoke_function(function, event, timeout_seconds=lambda_timeout))
         status: int | None = None
         error: str | None = None
         try:
-            response, _context = await asyncio.wait_for(future, timeout)
+            response = await asyncio.wait_for(future, timeout)
             status = status_of(response)
         except TimeoutError:
             error = f"Task timed out after {timeout:.2f} seconds"
         except HandlerError as exc:
-            error = str(exc)
-        except RuntimeError as exc:  # the executor is shut down
             error = str(exc)
         elapsed_ms = (time.perf_counter() - started) * 1000
         outcome = str(status) if error is None else f"ERR {error}"
@@ -371,6 +372,8 @@ class Gateway:
             self._log_management("POST", connection_id, failure.status)
             return failure
         data = await request.read()
+        if self.limits.simulated_post_latency_seconds:
+            await asyncio.sleep(self.limits.simulated_post_latency_seconds)
         if len(data) > self.limits.max_message_bytes:
             self._log_management("POST", connection_id, 413)
             return _error(413, "PayloadTooLargeException", "Message too long")
@@ -422,7 +425,6 @@ class Gateway:
             connection.close(WSCloseCode.GOING_AWAY, events.DISCONNECT_REASONS[1001])
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=deadline_seconds)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def serve(

@@ -21,7 +21,7 @@ import boto3
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE_APP = REPO / "tests" / "e2e" / "fixture_app"
-RECORDED_EVENTS = REPO / "tests" / "fixtures" / "apigw_events" / "aws_recorded"
+RECORDED_EVENTS = REPO / "tests" / "fixtures" / "apigw_events"
 WSCAT = REPO / "node_modules" / ".bin" / "wscat"
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{15}=$")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from localgw import events
 
-RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "apigw_events" / "aws_recorded"
+RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "apigw_events"
 
 
 def recorded(name: str) -> dict:

@@ -9,7 +9,7 @@ BASE = {"REDIS_URL": "redis://localhost:6379/0", "AWS_REGION": "eu-west-1"}
 
 def test_defaults():
     settings = Settings.from_env(BASE)
-    assert settings.fanout_workers == 32
+    assert settings.fanout_workers == 64
     assert settings.connection_max_age_seconds == 7200
     assert settings.publish_deadline_seconds == 25.0
     assert settings.redis_cluster is False

@@ -1,0 +1,175 @@
+"""Fan-out latency: from a publish until the last recipient has the message, through the local gateway.
+
+N real WebSocket clients connect to ``python -m localgw`` serving the app, with every Management API
+post answered after a simulated round trip (``--post-latency-ms``). One client publishes; the clock
+stops when the last of the others has received it. Ours is compared, in the same run, with one post
+after another (the Go reference's way, boto3), with Chalice's ``app.websocket_api.send`` in a loop
+(its tutorial's way), and with the ideal bound ceil(recipients / workers) x latency.
+
+A sweep over the worker count at N = 1000 is what the default of ``FANOUT_WORKERS`` rests on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import redis
+import websockets
+
+from bench.common import AWS_ENV, REPO, Figure, percentile
+from tests.e2e.localgw_harness import GatewayProcess
+from tests.support.redis_server import RedisServer
+
+LATENCY_MS = 20
+SHIPPED_WORKERS = 64  # FANOUT_WORKERS default, chosen from the sweep below (README: Performance)
+BASELINE_APP = REPO / "bench" / "baseline_app"
+# Populations and repeats: the baselines post one after another, N x 20 ms each time, and past
+# about 1400 recipients they cannot finish inside API Gateway's 29 s integration timeout at all.
+CASES = [(100, 9, 3), (1000, 9, 2), (5000, 5, 0)]  # (clients, repeats of ours, repeats of baselines)
+SWEEP_WORKERS = (8, 16, 32, 64, 128)
+
+
+async def _connect_all(url: str, count: int) -> list:
+    clients = []
+    for start in range(0, count, 250):
+        batch = [
+            websockets.connect(url, max_size=None, ping_interval=None, open_timeout=60)
+            for _ in range(start, min(count, start + 250))
+        ]
+        clients += await asyncio.gather(*batch)
+    return clients
+
+
+async def _publish_times(url: str, clients_count: int, repeats: int) -> list[float]:
+    """Seconds from each publish to its last delivery, over ``repeats`` publishes."""
+    clients = await _connect_all(url, clients_count)
+    sender, recipients = clients[0], clients[1:]
+    try:
+        samples = []
+        for repeat in range(repeats + 1):  # the first publish warms the container up and is not counted
+            message = json.dumps({"type": 99, "data": {"repeat": repeat}})
+            arrivals = [asyncio.ensure_future(client.recv()) for client in recipients]
+            started = time.perf_counter()
+            await sender.send(message)
+            received = await asyncio.wait_for(asyncio.gather(*arrivals), timeout=120)
+            finished = time.perf_counter()
+            assert all(json.loads(text)["data"] == {"repeat": repeat} for text in received)
+            if repeat:
+                samples.append(finished - started)
+        return samples
+    finally:
+        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+
+
+def measure(
+    tmp_dir: Path, redis_server: RedisServer, *, project_dir: Path, clients: int, repeats: int, env: dict
+) -> list[float]:
+    gateway = GatewayProcess(
+        "--post-latency-ms",
+        str(LATENCY_MS),
+        project_dir=project_dir,
+        tmp_path=tmp_dir,
+        env={**AWS_ENV, "REDIS_URL": redis_server.url, "LOG_LEVEL": "WARNING", **env},
+    )
+    try:
+        redis_server_flush(redis_server)
+        return asyncio.run(_publish_times(gateway.url, clients, repeats))
+    finally:
+        gateway.stop()
+
+
+def redis_server_flush(server: RedisServer) -> None:
+    with redis.Redis.from_url(server.url) as client:
+        client.flushall()
+
+
+def ideal_seconds(clients: int, workers: int) -> float:
+    return math.ceil((clients - 1) / workers) * LATENCY_MS / 1000
+
+
+def run(tmp_dir: Path) -> list[Figure]:
+    os.environ.update(AWS_ENV)
+    redis_server = RedisServer(tmp_dir / "redis-fanout")
+    redis_server.start()
+    figures = []
+    try:
+        for clients, repeats, baseline_repeats in CASES:
+            ours = measure(
+                tmp_dir,
+                redis_server,
+                project_dir=REPO,
+                clients=clients,
+                repeats=repeats,
+                env={"FANOUT_WORKERS": str(SHIPPED_WORKERS)},
+            )
+            ideal = ideal_seconds(clients, SHIPPED_WORKERS)
+            case = f"N={clients}, {LATENCY_MS} ms/post"
+            for name, fraction in (("p50", 0.5), ("p95", 0.95)):
+                figures.append(
+                    Figure(
+                        "fan-out latency",
+                        f"{case} {name}",
+                        "s",
+                        percentile(ours, fraction),
+                        ideal,
+                        f"ideal ceil(N/{SHIPPED_WORKERS}) x latency",
+                        "<= 1.5",
+                    )
+                )
+            for strategy, label in (
+                ("sequential", "one post after another (boto3)"),
+                ("chalice_send", "Chalice websocket_api.send loop"),
+            ):
+                if not baseline_repeats:
+                    continue
+                baseline = measure(
+                    tmp_dir,
+                    redis_server,
+                    project_dir=BASELINE_APP,
+                    clients=clients,
+                    repeats=baseline_repeats,
+                    env={"BASELINE_STRATEGY": strategy},
+                )
+                goal = "<= 0.033 (30x)" if strategy == "sequential" else ""
+                figures.append(
+                    Figure(
+                        "fan-out latency",
+                        f"{case} p50",
+                        "s",
+                        percentile(ours, 0.5),
+                        statistics.median(baseline),
+                        label,
+                        goal,
+                    )
+                )
+        sweep_clients = 1000
+        sweep = {}
+        for workers in SWEEP_WORKERS:
+            samples = measure(
+                tmp_dir,
+                redis_server,
+                project_dir=REPO,
+                clients=sweep_clients,
+                repeats=5,
+                env={"FANOUT_WORKERS": str(workers)},
+            )
+            sweep[workers] = statistics.median(samples)
+            figures.append(
+                Figure(
+                    "workers sweep",
+                    f"N={sweep_clients}, FANOUT_WORKERS={workers} p50",
+                    "s",
+                    sweep[workers],
+                    ideal_seconds(sweep_clients, workers),
+                    f"ideal ceil(N/{workers}) x latency",
+                )
+            )
+    finally:
+        redis_server.stop()
+    return figures
