@@ -23,8 +23,11 @@ def main() -> None:
         "coldstart": cold_start.run,
     }
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[*suites, []], default=list(suites))
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(suites)} (default: all)")
     names = parser.parse_args().names or list(suites)
+    unknown = sorted(set(names) - set(suites))
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(suites)}")
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

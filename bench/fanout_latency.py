@@ -79,9 +79,12 @@ def measure(
     )
     try:
         redis_server_flush(redis_server)
-        return asyncio.run(_publish_times(gateway.url, clients, repeats))
+        samples = asyncio.run(_publish_times(gateway.url, clients, repeats))
+        label = env.get("BASELINE_STRATEGY") or f"ours, {env.get('FANOUT_WORKERS')} workers"
+        print(f"fanout: N={clients} {label}: {', '.join(f'{s:.3f}' for s in samples)} s", flush=True)
+        return samples
     finally:
-        gateway.stop()
+        gateway.stop(timeout=120)  # thousands of $disconnect invocations run first
 
 
 def redis_server_flush(server: RedisServer) -> None:

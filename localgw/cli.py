@@ -194,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             log.info(f"{signal.Signals(signum).name}: closing {len(gateway.connections)} connection(s)")
             stop.set()
 
+        # Not loop.add_signal_handler: it learns of a signal through the loop's self-pipe, which
+        # thousands of handler completions (call_soon_threadsafe) can fill, and a signal whose
+        # wakeup byte finds the pipe full is lost. A plain handler runs in the main thread however
+        # busy the pipe is, and call_soon_threadsafe queues its callback even when it cannot write.
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+            signal.signal(signum, lambda signum, _frame: loop.call_soon_threadsafe(on_signal, signum))
 
         def ready() -> None:
             ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
