@@ -33,6 +33,7 @@ BASELINE_APP = REPO / "bench" / "baseline_app"
 # about 1400 recipients they cannot finish inside API Gateway's 29 s integration timeout at all.
 CASES = [(100, 9, 3), (1000, 9, 2), (5000, 5, 0)]  # (clients, repeats of ours, repeats of baselines)
 SWEEP_WORKERS = (8, 16, 32, 64, 128)
+GOAL_CLIENTS = 1000  # the population the goals are set for
 
 
 async def _connect_all(url: str, count: int) -> list:
@@ -122,7 +123,7 @@ def run(tmp_dir: Path) -> list[Figure]:
                         percentile(ours, fraction),
                         ideal,
                         f"ideal ceil(N/{SHIPPED_WORKERS}) x latency",
-                        "<= 1.5",
+                        "<= 1.5" if clients == GOAL_CLIENTS else "",
                     )
                 )
             for strategy, label in (
@@ -139,7 +140,7 @@ def run(tmp_dir: Path) -> list[Figure]:
                     repeats=baseline_repeats,
                     env={"BASELINE_STRATEGY": strategy},
                 )
-                goal = "<= 0.033 (30x)" if strategy == "sequential" else ""
+                goal = "<= 0.033 (30x)" if strategy == "sequential" and clients == GOAL_CLIENTS else ""
                 figures.append(
                     Figure(
                         "fan-out latency",
