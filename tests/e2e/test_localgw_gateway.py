@@ -63,6 +63,8 @@ def test_handlers_run_by_their_chalice_handler_names_with_a_lambda_context(gatew
     assert described["env"] == {"FIXTURE_TOP": "top", "FIXTURE_STAGE": "dev", "FIXTURE_FN": "message"}
     assert described["endpoint"] == gateway.endpoint
     assert described["redis_url"].startswith("redis://127.0.0.1:")
+    # AND in a runtime process of its own, as Lambda runs apart from API Gateway
+    assert described["pid"] != gateway.proc.pid
     gateway.wait_for(r"^localgw: \$connect\s+-> app\.connect \(localgw-fixture-dev-websocket_connect")
     [connect_record] = gateway.events("connect", connection_id)
     context = connect_record["context"]
@@ -580,6 +582,25 @@ def test_a_custom_stage_serves_both_endpoints_under_it(start_gateway):
     connection_id = run(scenario())
     [record] = gw.events("connect", connection_id)
     assert record["event"]["requestContext"]["stage"] == "v1"
+
+
+def test_simulated_post_latency_delays_every_management_api_post(start_gateway):
+    # GIVEN a gateway that answers posts after a simulated 300 ms round trip (a benchmark option)
+    gw = start_gateway("--post-latency-ms", "300")
+    client = gw.management_client()
+
+    async def scenario():
+        async with connect(gw.url) as ws:
+            connection_id = await whoami(ws)
+            started = time.monotonic()
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"late")
+            answered_after = time.monotonic() - started
+            return answered_after, await ws.recv()
+
+    answered_after, received = run(scenario())
+    # THEN the post is answered no sooner than that, and still delivered
+    assert answered_after >= 0.3
+    assert received == "late"
 
 
 def test_a_directory_that_is_not_a_chalice_project_is_refused(tmp_path):

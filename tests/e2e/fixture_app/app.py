@@ -117,6 +117,7 @@ def message(event):
                     "env": {k: os.environ.get(k) for k in ("FIXTURE_TOP", "FIXTURE_STAGE", "FIXTURE_FN")},
                     "endpoint": os.environ.get("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"),
                     "redis_url": os.environ.get("REDIS_URL"),
+                    "pid": os.getpid(),
                 }
             ),
         )
