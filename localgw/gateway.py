@@ -354,11 +354,16 @@ class Gateway:
     # ---- Management API ---------------------------------------------------------------------------
 
     def _lookup(self, request: web.Request) -> tuple[Connection | None, web.Response | None]:
-        if not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256"):
-            return None, _error(403, "ForbiddenException", "Missing Authentication Token")
+        """The open connection a Management API call names, or the logged error response to send."""
+        failure = None
         connection = self.connections.get(request.match_info["connection_id"])
-        if connection is None or not connection.open:
-            return None, _error(410, "GoneException", None)
+        if not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256"):
+            failure = _error(403, "ForbiddenException", "Missing Authentication Token")
+        elif connection is None or not connection.open:
+            failure = _error(410, "GoneException", None)
+        if failure is not None:
+            self._log_management(request.method, request.match_info["connection_id"], failure.status)
+            return None, failure
         return connection, None
 
     def _log_management(self, method: str, connection_id: str, status: int) -> None:
@@ -369,7 +374,6 @@ class Gateway:
         connection_id = request.match_info["connection_id"]
         connection, failure = self._lookup(request)
         if failure is not None:
-            self._log_management("POST", connection_id, failure.status)
             return failure
         data = await request.read()
         if self.limits.simulated_post_latency_seconds:
@@ -388,7 +392,6 @@ class Gateway:
         connection_id = request.match_info["connection_id"]
         connection, failure = self._lookup(request)
         if failure is not None:
-            self._log_management("GET", connection_id, failure.status)
             return failure
         info = connection.info
         identity = {"sourceIp": info.source_ip}
@@ -407,7 +410,6 @@ class Gateway:
         connection_id = request.match_info["connection_id"]
         connection, failure = self._lookup(request)
         if failure is not None:
-            self._log_management("DELETE", connection_id, failure.status)
             return failure
         task = connection.close(WSCloseCode.OK, events.DISCONNECT_REASONS[1000])
         if task is not None:

@@ -355,6 +355,16 @@ def test_app_closing_a_connection_fires_disconnect(gateway):
 # ---- limits -----------------------------------------------------------------------------------------
 
 
+def assert_closed_with(gateway, scenario, code: int) -> None:
+    """The scenario's connection was closed with ``code``, and its $disconnect event says so."""
+    mark = gateway.mark()
+    connection_id, received_code = run(scenario)
+    assert received_code == code
+    gateway.wait_for(rf"\$disconnect\s+{re.escape(connection_id)} 200", after=mark)
+    [record] = gateway.events("disconnect", connection_id)
+    assert record["event"]["requestContext"]["disconnectStatusCode"] == code
+
+
 def test_a_message_over_128_kb_closes_with_1009_and_one_at_the_limit_passes(gateway):
     async def scenario():
         async with connect(gateway.url, max_size=None) as ws:
@@ -369,12 +379,7 @@ def test_a_message_over_128_kb_closes_with_1009_and_one_at_the_limit_passes(gate
                 await ws.recv()
             return connection_id, closed.value.rcvd.code
 
-    mark = gateway.mark()
-    connection_id, code = run(scenario())
-    assert code == 1009
-    gateway.wait_for(rf"\$disconnect\s+{re.escape(connection_id)} 200", after=mark)
-    [record] = gateway.events("disconnect", connection_id)
-    assert record["event"]["requestContext"]["disconnectStatusCode"] == 1009
+    assert_closed_with(gateway, scenario(), 1009)
 
 
 def test_a_binary_frame_closes_with_1003(gateway):
@@ -386,12 +391,7 @@ def test_a_binary_frame_closes_with_1003(gateway):
                 await ws.recv()
             return connection_id, closed.value.rcvd.code
 
-    mark = gateway.mark()
-    connection_id, code = run(scenario())
-    assert code == 1003
-    gateway.wait_for(rf"\$disconnect\s+{re.escape(connection_id)} 200", after=mark)
-    [record] = gateway.events("disconnect", connection_id)
-    assert record["event"]["requestContext"]["disconnectStatusCode"] == 1003
+    assert_closed_with(gateway, scenario(), 1003)
 
 
 def test_idle_connections_close_with_1001_and_posts_keep_them_alive(start_gateway):
