@@ -24,7 +24,7 @@ bench:
 
 ## make lint: ruff, as CI runs it.
 lint:
-	scripts/bootstrap run
+	scripts/bootstrap python
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -47,7 +47,7 @@ MERGE_TEMPLATE := $(BUILD)/merge-template.json
 
 ## make package: one template ($(OUT)/sam.json) = chalice's app + infra/network.yaml + infra/app.yaml.
 package:
-	scripts/bootstrap run
+	scripts/bootstrap python
 	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml -o $(MERGE_TEMPLATE)
 	@# chalice wants a region even to package; the template does not depend on it (it uses AWS::Region).
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
@@ -74,7 +74,7 @@ network:
 ## make chalice-config stack=STACK: (re)write .chalice/config.json stage $(STAGE) from the stack's outputs.
 chalice-config:
 	@test -n "$(stack)" || { echo "make chalice-config: stack is missing: make chalice-config stack=<network stack name>" >&2; exit 2; }
-	scripts/bootstrap run
+	scripts/bootstrap python
 	@mkdir -p $(BUILD)
 	$(AWS) cloudformation describe-stacks --stack-name $(stack) --output json > $(BUILD)/stack-$(stack).json
 	$(PY) scripts/write_chalice_config.py --describe-stacks $(BUILD)/stack-$(stack).json --stage $(STAGE)
