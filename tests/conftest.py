@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 
 import fakeredis
 import pytest
 import redis
 
+from chalicelib.log import JsonFormatter, logger
 from tests.support.management_api_server import ManagementApiServer
 from tests.support.redis_server import RedisServer
 
@@ -58,3 +62,14 @@ def redis_client(request) -> redis.Redis:
 def management_api() -> ManagementApiServer:
     with ManagementApiServer(stage="api") as server:
         yield server
+
+
+@pytest.fixture
+def json_log():
+    """The JSON lines the service logs, as Lambda would ship them to CloudWatch."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logger.removeHandler(handler)

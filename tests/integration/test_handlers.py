@@ -1,14 +1,12 @@
 """The three handlers end to end: real redis-server, real boto3 client, real HTTP Management API."""
 
-import io
 import json
-import logging
+import os
 
 import pytest
 import redis
 
 from chalicelib import envelope
-from chalicelib.log import JsonFormatter, logger
 from chalicelib.management_api import endpoint_url
 from chalicelib.settings import Settings, SettingsError
 from tests.support.apigw_events import Connection
@@ -78,7 +76,7 @@ def test_a_bad_message_gets_one_error_reply_and_is_not_published(gateway, manage
     assert management_api.posts == 1
 
 
-def test_gone_connections_are_forgotten_after_delivery(gateway, management_api, redis_server, app_module):
+def test_gone_connections_are_forgotten_after_delivery(gateway, management_api, redis_server):
     # GIVEN bob's connection closed without a $disconnect reaching us
     alice, _ = gateway.connect()
     bob, _ = gateway.connect()
@@ -87,7 +85,7 @@ def test_gone_connections_are_forgotten_after_delivery(gateway, management_api, 
     # WHEN alice publishes THEN carol still gets it, and bob is removed from the registry
     gateway.send(alice, {"type": 1})
     management_api.wait_for(carol.connection_id, 1)
-    key = app_module.broadcaster()._registry._key
+    key = Settings.from_env(os.environ).registry_key
     assert set(redis.Redis.from_url(redis_server.url, decode_responses=True).hkeys(key)) == {
         alice.connection_id,
         carol.connection_id,
@@ -105,17 +103,6 @@ def test_a_throttled_recipient_still_gets_the_message(gateway, management_api):
     management_api.throttle(bob.connection_id, times=2)
     gateway.send(alice, {"type": 5, "data": "after two 429s"})
     assert management_api.wait_for(bob.connection_id, 1)[0]["data"] == "after two 429s"
-
-
-@pytest.fixture
-def json_log():
-    """The JSON lines the service logs, as Lambda would ship them to CloudWatch."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger.addHandler(handler)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    logger.removeHandler(handler)
 
 
 def test_one_log_line_per_publish_with_counts_and_ids_on_every_line(gateway, management_api, json_log):

@@ -31,7 +31,9 @@ def gateway(monkeypatch, durable_redis, management_api):
     app.broadcaster.cache_clear()
 
 
-def test_an_outage_fails_cleanly_and_the_same_process_recovers(gateway, management_api, durable_redis):
+def test_an_outage_fails_cleanly_and_the_same_process_recovers(
+    gateway, management_api, durable_redis, json_log
+):
     # GIVEN two registered clients
     alice, _ = gateway.connect()
     bob, _ = gateway.connect()
@@ -42,6 +44,10 @@ def test_an_outage_fails_cleanly_and_the_same_process_recovers(gateway, manageme
     # THEN a new connection is refused (non-2xx), so the client never joins a broken registry
     carol, response = gateway.connect()
     assert response["statusCode"] == 503
+    (failure,) = [line for line in json_log() if line["connection_id"] == carol.connection_id]
+    assert failure["level"] == "ERROR"
+    assert failure["message"] == "connect failed: registry unavailable"
+    assert failure["exception_name"] == "RegistryUnavailable"
     # AND a publish tells its sender why, once, and delivers nothing
     assert gateway.send(alice, {"type": 1, "data": "lost?"}) == {"statusCode": 503}
     (reply,) = management_api.wait_for(alice.connection_id, 1)
