@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoint=endpoint,
             region=os.environ["AWS_REGION"],
             workers=args.workers,
+            log=log.info,
         )
     except ProjectError as exc:
         print(f"localgw: {exc}", file=sys.stderr)

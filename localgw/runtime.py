@@ -21,7 +21,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from localgw.lambdaenv import HandlerError, LambdaFunction, invoke
@@ -37,39 +39,64 @@ _STOP = None
 
 
 class Runtime:
-    """The gateway's handle on the runtime process: ``invoke`` returns a future of the response."""
+    """The gateway's handle on the runtime process: ``invoke`` returns a future of the response.
+
+    When the process dies (a handler called ``os._exit``, a C extension crashed), its invocations in
+    flight fail, and the next invocation starts a new process, as Lambda replaces a container whose
+    runtime exited; that start blocks the gateway for the length of a cold start.
+    """
 
     def __init__(
-        self, project_dir: Path, *, chalice_stage: str, endpoint: str, region: str, workers: int
+        self,
+        project_dir: Path,
+        *,
+        chalice_stage: str,
+        endpoint: str,
+        region: str,
+        workers: int,
+        log: Callable[[str], None] = print,
     ) -> None:
+        self._arguments = (str(project_dir), chalice_stage, endpoint, region, workers)
+        self._log = log
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._pending: dict[int, tuple[Connection, Future]] = {}
+        self.functions = self._start()
+
+    def _start(self) -> dict[str, LambdaFunction]:
+        """Start a runtime process (a cold start); return its functions once the app is loaded."""
         context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a new container is
-        self._connection, child_end = context.Pipe()
-        self._process = context.Process(
-            target=_serve,
-            args=(child_end, str(project_dir), chalice_stage, endpoint, region, workers),
-            name="localgw-runtime",
-            daemon=True,
+        connection, child_end = context.Pipe()
+        process = context.Process(
+            target=_serve, args=(child_end, *self._arguments), name="localgw-runtime", daemon=True
         )
-        self._process.start()
+        process.start()
         child_end.close()
         try:
-            kind, payload = self._connection.recv()
+            kind, payload = connection.recv()
         except EOFError:
             raise ProjectError("the runtime process exited while loading the app") from None
         if kind == "error":
-            self._process.join(5)
+            process.join(5)
             raise ProjectError(payload)
-        self.functions = {route: LambdaFunction(**fields, handler=None) for route, fields in payload.items()}
-        self._pending: dict[int, Future] = {}
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        threading.Thread(target=self._read_answers, name="localgw-runtime-reader", daemon=True).start()
+        self._process, self._connection = process, connection
+        threading.Thread(
+            target=self._read_answers, args=(connection,), name="localgw-runtime-reader", daemon=True
+        ).start()
+        return {route: LambdaFunction(**fields, handler=None) for route, fields in payload.items()}
 
     def invoke(self, function: LambdaFunction, event: dict, *, timeout_seconds: float) -> Future:
         future: Future = Future()
         with self._lock:
+            if not self._process.is_alive():
+                self._log(f"the runtime process exited ({self._process.exitcode}): starting a new one")
+                try:
+                    self._start()
+                except ProjectError as error:
+                    future.set_exception(HandlerError(str(error)))
+                    return future
             invocation = next(self._ids)
-            self._pending[invocation] = future
+            self._pending[invocation] = (self._connection, future)
             try:
                 self._connection.send((invocation, function.name, event, timeout_seconds))
             except (OSError, ValueError) as error:
@@ -85,14 +112,15 @@ class Runtime:
             self._process.kill()
             self._process.join()
 
-    def _read_answers(self) -> None:
+    def _read_answers(self, connection: Connection) -> None:
+        """Resolve the futures of one runtime process; when it exits, fail those it left unanswered."""
         while True:
             try:
-                invocation, response, error = self._connection.recv()
+                invocation, response, error = connection.recv()
             except (EOFError, OSError):
                 break
             with self._lock:
-                future = self._pending.pop(invocation, None)
+                _, future = self._pending.pop(invocation, (None, None))
             if future is None:
                 continue
             if error is None:
@@ -100,9 +128,12 @@ class Runtime:
             else:
                 future.set_exception(HandlerError(error))
         with self._lock:
-            orphans, self._pending = list(self._pending.values()), {}
-        for future in orphans:
-            future.set_exception(HandlerError("the runtime process exited"))
+            orphans = [invocation for invocation, (owner, _) in self._pending.items() if owner is connection]
+            futures = [self._pending.pop(invocation)[1] for invocation in orphans]
+        for future in futures:
+            future.set_exception(
+                HandlerError("Runtime exited: the runtime process ended during the invocation")
+            )
 
 
 def _serve(

@@ -242,6 +242,26 @@ def test_a_failing_message_handler_gets_api_gateways_internal_server_error(gatew
     assert after == "still here"  # the gateway and the connection survive
 
 
+def test_a_runtime_that_dies_is_replaced_by_a_new_one_as_lambda_replaces_a_container(start_gateway):
+    gw = start_gateway()
+
+    async def scenario():
+        async with connect(gw.url) as ws:
+            connection_id = await whoami(ws)
+            # WHEN a handler takes its whole process down
+            await ws.send(json.dumps({"do": "exit"}))
+            reply = json.loads(await ws.recv())
+            # THEN that invocation fails as API Gateway reports it, and the next one runs in a new process
+            await ws.send(json.dumps({"do": "send", "text": "new container"}))
+            return connection_id, reply, await ws.recv()
+
+    connection_id, reply, after = run(scenario())
+    assert reply["message"] == "Internal server error"
+    assert reply["connectionId"] == connection_id
+    assert after == "new container"
+    gw.wait_for(r"^localgw: the runtime process exited \(3\): starting a new one$")
+
+
 def test_a_handler_status_without_error_sends_nothing_to_the_client(gateway):
     async def scenario():
         async with connect(gateway.url) as ws:

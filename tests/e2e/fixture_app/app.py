@@ -9,6 +9,7 @@ Messages are JSON objects ``{"do": <command>, ...}``:
 - ``send``: posts ``text`` back through Chalice's own ``app.websocket_api.send``
 - ``broadcast``: posts ``text`` to every connection this process has seen connect (``echo`` to include self)
 - ``raise`` / ``sleep`` (``seconds``) / ``status`` (returns ``code``) / ``unserializable``
+- ``exit``: ends the whole runtime process (``os._exit``)
 - ``context``: posts what the Lambda context and environment looked like
 - ``info`` / ``close``: ``app.websocket_api.info`` / ``.close`` on ``target`` (default: self)
 
@@ -99,6 +100,8 @@ def message(event):
                 app.websocket_api.send(target, body["text"])
     elif command == "raise":
         raise RuntimeError("message failed on purpose")
+    elif command == "exit":
+        os._exit(3)  # the whole runtime dies, as a crashing C extension would take a container down
     elif command == "sleep":
         time.sleep(float(body["seconds"]))
         app.websocket_api.send(me, "slept")
