@@ -82,7 +82,7 @@ class Broadcaster:
             if publication.echo or connection_id != event.connection_id
         ]
         budget = min(self._publish_deadline_seconds, remaining_seconds - _RETURN_MARGIN_SECONDS)
-        report = self._fanout.deliver(api.post, payload, recipients, deadline=started + max(0.0, budget))
+        report = self._fanout.deliver(api.post_many, payload, recipients, deadline=started + max(0.0, budget))
         for connection_id, reason in list(report.failed.items())[:_MAX_FAILURE_LINES]:
             logger.warning("delivery failed", extra={"recipient": connection_id, "reason": reason})
         try:

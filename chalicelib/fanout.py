@@ -1,6 +1,8 @@
 """Concurrent delivery of one payload to many connections, within a deadline.
 
-A bounded pool of worker threads (created once per container) drains a shared queue of recipients.
+``workers`` posts are in flight at once. They are carried by a few threads (created once per
+container), each taking a batch of up to ``POSTS_PER_THREAD`` recipients from a shared queue and
+posting them together: one thread per post would spend its CPU handing the interpreter lock around.
 Each recipient's outcome is counted, never raised: one failure never fails the publish. 429 is
 retried with full-jitter exponential backoff while the deadline allows; 410 is reported as gone so
 the caller can forget those connections in one batch. This module knows nothing of Redis.
@@ -8,6 +10,7 @@ the caller can forget those connections in one batch. This module knows nothing 
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -18,9 +21,13 @@ from dataclasses import dataclass, field
 
 from chalicelib.management_api import DeliveryError, Gone, Throttled
 
-Post = Callable[[str, bytes], None]
+# Posts one payload to each connection id at once; returns each one's failure, or None where delivered.
+PostMany = Callable[[Sequence[str], bytes], list[DeliveryError | None]]
 
 DEADLINE_EXCEEDED = "deadline exceeded"
+# Measured (bench/): 64 posts in flight cost 0.25 ms of CPU each on 64 threads, 0.17 ms on 16 threads
+# of 4, and 0.19 ms on 8 threads of 8.
+POSTS_PER_THREAD = 4
 
 
 @dataclass
@@ -43,21 +50,25 @@ class Fanout:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout")
+        threads = math.ceil(workers / POSTS_PER_THREAD)
+        # Batch sizes that add up to exactly ``workers`` posts in flight (64 workers: 16 threads of 4).
+        self._batch_sizes = [workers // threads + (index < workers % threads) for index in range(threads)]
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fanout")
         self._max_attempts = max_attempts
         self._backoff_base_seconds = backoff_base_seconds
         self._backoff_cap_seconds = backoff_cap_seconds
         self._clock = clock
 
     def deliver(
-        self, post: Post, payload: bytes, recipients: Sequence[str], *, deadline: float
+        self, post_many: PostMany, payload: bytes, recipients: Sequence[str], *, deadline: float
     ) -> DeliveryReport:
         """Post ``payload`` to every recipient; return by ``deadline`` (a ``clock()`` value) at the latest."""
         started = self._clock()
         delivery = _Delivery(recipients)
-        worker_count = min(self.workers, len(recipients))
+        batch_sizes = self._batch_sizes[: math.ceil(len(recipients) / POSTS_PER_THREAD)]
         futures = [
-            self._pool.submit(self._drain, delivery, post, payload, deadline) for _ in range(worker_count)
+            self._pool.submit(self._drain, delivery, post_many, payload, deadline, batch_size)
+            for batch_size in batch_sizes
         ]
         _, unfinished = wait(futures, timeout=max(0.0, deadline - self._clock()))
         if unfinished:
@@ -66,37 +77,54 @@ class Fanout:
         report.elapsed_ms = (self._clock() - started) * 1000
         return report
 
-    def _drain(self, delivery: _Delivery, post: Post, payload: bytes, deadline: float) -> None:
+    def _drain(
+        self, delivery: _Delivery, post_many: PostMany, payload: bytes, deadline: float, batch_size: int
+    ) -> None:
         while not delivery.over.is_set():
-            connection_id = delivery.next()
-            if connection_id is None:
+            batch = delivery.take(batch_size)
+            if not batch:
                 return
-            delivery.finish(
-                connection_id, self._post_with_retry(delivery, post, connection_id, payload, deadline)
-            )
+            for connection_id, failure in zip(batch, post_many(batch, payload), strict=True):
+                if isinstance(failure, Throttled):
+                    outcome = self._retry(delivery, post_many, connection_id, payload, deadline, failure)
+                else:
+                    outcome = _outcome(failure)
+                delivery.finish(connection_id, outcome)
 
-    def _post_with_retry(
-        self, delivery: _Delivery, post: Post, connection_id: str, payload: bytes, deadline: float
+    def _retry(
+        self,
+        delivery: _Delivery,
+        post_many: PostMany,
+        connection_id: str,
+        payload: bytes,
+        deadline: float,
+        throttled: Throttled,
     ) -> str | None:
-        """Post once, retrying only 429; return None when delivered, else the outcome's reason."""
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                post(connection_id, payload)
-                return None
-            except Gone:
-                return _GONE
-            except Throttled as error:
-                backoff = random.uniform(
-                    0, min(self._backoff_cap_seconds, self._backoff_base_seconds * 2**attempt)
-                )
-                if attempt == self._max_attempts or self._clock() + backoff >= deadline:
-                    return f"{error.status} {error.reason} after {attempt} attempts"
-                # Wakes at once when the publish is over, so no worker outlives its deadline asleep.
-                if delivery.over.wait(backoff):
-                    return DEADLINE_EXCEEDED
-            except DeliveryError as error:
-                return f"{error.status or 'no answer'} {error.reason}"
-        raise AssertionError("unreachable: the last attempt always returns")
+        """Post a throttled recipient again, alone, with backoff; return its final outcome."""
+        attempts = 1
+        while attempts < self._max_attempts:
+            cap = min(self._backoff_cap_seconds, self._backoff_base_seconds * 2**attempts)
+            backoff = random.uniform(0, cap)
+            if self._clock() + backoff >= deadline:
+                break
+            # Wakes at once when the publish is over, so no worker outlives its deadline asleep.
+            if delivery.over.wait(backoff):
+                return DEADLINE_EXCEEDED
+            (failure,) = post_many([connection_id], payload)
+            attempts += 1
+            if not isinstance(failure, Throttled):
+                return _outcome(failure)
+            throttled = failure
+        return f"{throttled.status} {throttled.reason} after {attempts} attempts"
+
+
+def _outcome(failure: DeliveryError | None) -> str | None:
+    """None when delivered, ``_GONE`` for a 410, else the reason to log."""
+    if failure is None:
+        return None
+    if isinstance(failure, Gone):
+        return _GONE
+    return f"{failure.status or 'no answer'} {failure.reason}"
 
 
 _GONE = "gone"
@@ -112,13 +140,12 @@ class _Delivery:
         self._lock = threading.Lock()
         self._report = DeliveryReport(recipients=len(recipients))
 
-    def next(self) -> str | None:
+    def take(self, count: int) -> list[str]:
+        """Up to ``count`` recipients not yet taken, now in flight."""
         with self._lock:
-            if not self._pending:
-                return None
-            connection_id = self._pending.popleft()
-            self._in_flight.add(connection_id)
-            return connection_id
+            batch = [self._pending.popleft() for _ in range(min(count, len(self._pending)))]
+            self._in_flight.update(batch)
+            return batch
 
     def finish(self, connection_id: str, outcome: str | None) -> None:
         with self._lock:

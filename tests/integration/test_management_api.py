@@ -167,3 +167,32 @@ def test_https_endpoints_are_verified_against_the_ca_bundle(tls_files, monkeypat
             CONNECTION, b'{"tls": true}'
         )
         assert server.received(CONNECTION) == [{"tls": True}]
+
+
+def test_post_many_keeps_one_connection_per_post_in_flight_and_reports_each_outcome(management_api, client):
+    # GIVEN four recipients: two open, one gone, one throttled once
+    management_api.open("openconnection1")
+    management_api.open("openconnection2")
+    management_api.open("throttledconn01")
+    management_api.throttle("throttledconn01", 1)
+    ids = ["openconnection1", "goneconnection1", "openconnection2", "throttledconn01"]
+    # WHEN one thread posts to all of them at once, twice
+    first = client.post_many(ids, b'{"n": 1}')
+    second = client.post_many(ids, b'{"n": 2}')
+    # THEN each outcome is its own, in order, over four kept-alive connections
+    assert [type(outcome).__name__ for outcome in first] == ["NoneType", "Gone", "NoneType", "Throttled"]
+    assert [type(outcome).__name__ for outcome in second] == ["NoneType", "Gone", "NoneType", "NoneType"]
+    assert management_api.received("openconnection1") == [{"n": 1}, {"n": 2}]
+    assert management_api.received("throttledconn01") == [{"n": 2}]
+    assert management_api.tcp_connections == 4
+
+
+@pytest.mark.parametrize("style", ["close", "silently", "chunked"])
+def test_post_many_survives_every_way_a_server_ends_a_response(management_api, client, style):
+    for connection_id in ("openconnection1", "openconnection2"):
+        management_api.open(connection_id)
+    management_api.response_style = style
+    for number in range(3):
+        outcomes = client.post_many(["openconnection1", "openconnection2"], b'{"n": %d}' % number)
+        assert outcomes == [None, None]
+    assert management_api.received("openconnection2") == [{"n": 0}, {"n": 1}, {"n": 2}]

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from chalicelib.fanout import DEADLINE_EXCEEDED, Fanout
+from chalicelib.fanout import DEADLINE_EXCEEDED, POSTS_PER_THREAD, Fanout
 from chalicelib.management_api import DeliveryError, Gone, Throttled
 
 PAYLOAD = b'{"type":1,"data":null,"received":0}'
@@ -15,36 +15,60 @@ def far_deadline() -> float:
     return time.monotonic() + 30
 
 
-def test_posts_run_concurrently_up_to_the_worker_count():
-    # GIVEN 4 workers and posts that only complete once 4 are in flight together
-    all_in_flight = threading.Barrier(4, timeout=10)
-    delivered = []
+def one_by_one(post):
+    """A batch poster (the Management API client's contract) from a function posting one id or raising."""
 
-    def post(connection_id, payload):
-        all_in_flight.wait()
-        delivered.append(connection_id)
+    def post_many(connection_ids, payload):
+        outcomes = []
+        for connection_id in connection_ids:
+            try:
+                post(connection_id, payload)
+                outcomes.append(None)
+            except DeliveryError as failure:
+                outcomes.append(failure)
+        return outcomes
 
-    # WHEN 8 recipients are served THEN every post completes: 4 ran at once, twice
-    report = Fanout(workers=4).deliver(post, PAYLOAD, [f"c{i}" for i in range(8)], deadline=far_deadline())
-    assert report.delivered == 8
-    assert sorted(delivered) == sorted(f"c{i}" for i in range(8))
+    return post_many
 
 
-def test_no_more_posts_in_flight_than_workers():
+def test_batches_are_posted_concurrently_and_add_up_to_the_worker_count():
+    # GIVEN 8 workers, carried by 2 threads of 4, and batches that only return once both are in flight
+    both_in_flight = threading.Barrier(8 // POSTS_PER_THREAD, timeout=10)
+    batches = []
+
+    def post_many(connection_ids, payload):
+        batches.append(list(connection_ids))
+        both_in_flight.wait()
+        return [None] * len(connection_ids)
+
+    # WHEN 16 recipients are served THEN every batch completes: 2 batches of 4 ran at once, twice
+    report = Fanout(workers=8).deliver(
+        post_many, PAYLOAD, [f"c{i}" for i in range(16)], deadline=far_deadline()
+    )
+    assert report.delivered == 16
+    assert sorted(len(batch) for batch in batches) == [4, 4, 4, 4]
+    assert sorted(c for batch in batches for c in batch) == sorted(f"c{i}" for i in range(16))
+
+
+@pytest.mark.parametrize("workers", [1, 3, 10, 64])
+def test_never_more_posts_in_flight_than_workers(workers):
     in_flight, most = 0, 0
     lock = threading.Lock()
 
-    def post(connection_id, payload):
+    def post_many(connection_ids, payload):
         nonlocal in_flight, most
         with lock:
-            in_flight += 1
+            in_flight += len(connection_ids)
             most = max(most, in_flight)
         with lock:
-            in_flight -= 1
+            in_flight -= len(connection_ids)
+        return [None] * len(connection_ids)
 
-    report = Fanout(workers=3).deliver(post, PAYLOAD, [f"c{i}" for i in range(200)], deadline=far_deadline())
-    assert report.delivered == 200
-    assert most <= 3
+    report = Fanout(workers=workers).deliver(
+        post_many, PAYLOAD, [f"c{i}" for i in range(300)], deadline=far_deadline()
+    )
+    assert report.delivered == 300
+    assert most <= workers
 
 
 def test_one_failure_never_fails_the_others_and_gone_ones_are_reported():
@@ -57,7 +81,7 @@ def test_one_failure_never_fails_the_others_and_gone_ones_are_reported():
             raise DeliveryError(connection_id, None, "EndpointConnectionError")
 
     report = Fanout(workers=2).deliver(
-        post, PAYLOAD, ["a", "gone", "big", "b", "broken"], deadline=far_deadline()
+        one_by_one(post), PAYLOAD, ["a", "gone", "big", "b", "broken"], deadline=far_deadline()
     )
     assert report.recipients == 5
     assert report.delivered == 2
@@ -68,18 +92,24 @@ def test_one_failure_never_fails_the_others_and_gone_ones_are_reported():
     }
 
 
-def test_throttled_posts_are_retried_until_they_pass():
-    answers = {"a": 2}
+def test_throttled_posts_are_retried_alone_until_they_pass():
+    answers = {"a": 2, "b": 0}
+    batches = []
 
-    def post(connection_id, payload):
+    def post_many(connection_ids, payload):
+        batches.append(list(connection_ids))
+        return one_by_one(throttle_a)(connection_ids, payload)
+
+    def throttle_a(connection_id, payload):
         if answers[connection_id] > 0:
             answers[connection_id] -= 1
             raise Throttled(connection_id, 429, "LimitExceededException")
 
-    fanout = Fanout(workers=1, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
-    report = fanout.deliver(post, PAYLOAD, ["a"], deadline=far_deadline())
-    assert report.delivered == 1
+    fanout = Fanout(workers=4, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
+    report = fanout.deliver(post_many, PAYLOAD, ["a", "b"], deadline=far_deadline())
+    assert report.delivered == 2
     assert not report.failed
+    assert batches == [["a", "b"], ["a"], ["a"]]
 
 
 def test_throttling_that_never_ends_is_counted_as_failed():
@@ -87,7 +117,7 @@ def test_throttling_that_never_ends_is_counted_as_failed():
         raise Throttled(connection_id, 429, "LimitExceededException")
 
     fanout = Fanout(workers=1, max_attempts=3, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
-    report = fanout.deliver(post, PAYLOAD, ["a"], deadline=far_deadline())
+    report = fanout.deliver(one_by_one(post), PAYLOAD, ["a"], deadline=far_deadline())
     assert report.failed == {"a": "429 LimitExceededException after 3 attempts"}
 
 
@@ -100,7 +130,9 @@ def test_the_publish_ends_at_its_deadline_and_counts_the_unfinished():
 
     try:
         # WHEN the deadline passes THEN deliver returns and every recipient counts as failed by it
-        report = Fanout(workers=2).deliver(post, PAYLOAD, ["a", "b", "c"], deadline=time.monotonic() + 0.2)
+        report = Fanout(workers=2).deliver(
+            one_by_one(post), PAYLOAD, ["a", "b", "c"], deadline=time.monotonic() + 0.2
+        )
     finally:
         release.set()
     assert report.delivered == 0
@@ -109,5 +141,7 @@ def test_the_publish_ends_at_its_deadline_and_counts_the_unfinished():
 
 @pytest.mark.parametrize("recipients", [[], ["only"]])
 def test_small_publishes(recipients):
-    report = Fanout(workers=8).deliver(lambda c, p: None, PAYLOAD, recipients, deadline=far_deadline())
+    report = Fanout(workers=8).deliver(
+        one_by_one(lambda c, p: None), PAYLOAD, recipients, deadline=far_deadline()
+    )
     assert report.delivered == len(recipients)
