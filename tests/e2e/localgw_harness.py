@@ -21,7 +21,6 @@ import boto3
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE_APP = REPO / "tests" / "e2e" / "fixture_app"
-RECORDED_EVENTS = REPO / "tests" / "fixtures" / "apigw_events"
 WSCAT = REPO / "node_modules" / ".bin" / "wscat"
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{15}=$")
@@ -143,10 +142,6 @@ class GatewayProcess:
 def run(coro, timeout: float = 30):
     """Run one asyncio scenario from a plain pytest test, bounded in time."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def recorded(name: str) -> dict:
-    return json.loads((RECORDED_EVENTS / f"{name}.json").read_text())
 
 
 def assert_same_shape(actual, expected, path: str = "event", *, free_keys: tuple[str, ...] = ()) -> None:

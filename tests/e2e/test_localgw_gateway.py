@@ -26,9 +26,9 @@ from tests.e2e.localgw_harness import (
     REQUEST_TIME_PATTERN,
     Wscat,
     assert_same_shape,
-    recorded,
     run,
 )
+from tests.support.apigw_events import recorded
 
 CLIENT_UA = "localgw-tests/1.0"
 # What the client chose (its headers, its query string): compared by value below, not by recorded keys.

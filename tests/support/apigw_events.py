@@ -19,8 +19,13 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apigw_events"
 
 
-@cache
 def recorded(name: str) -> dict:
+    """A fresh copy of the recorded event ``connect``, ``message`` or ``disconnect``."""
+    return copy.deepcopy(_load(name))
+
+
+@cache
+def _load(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
@@ -58,7 +63,7 @@ class Connection:
         return event
 
     def _event(self, name: str, *, request_time_ms: int | None = None) -> dict:
-        event = copy.deepcopy(recorded(name))
+        event = recorded(name)
         now_ms = request_time_ms or int(time.time() * 1000)
         domain = f"{self.api_id}.execute-api.us-east-1.amazonaws.com"
         request_id = _request_id()

@@ -38,7 +38,6 @@ class ManagementApiServer:
         self._open: dict[str, datetime] = {}
         self._received: dict[str, list[bytes]] = defaultdict(list)
         self._throttle: dict[str, int] = defaultdict(int)
-        self._hold: threading.Event | None = None
         self.posts = 0
         self.tcp_connections = 0
         # How it ends a response: keep the connection ("keep-alive"), announce "close", close "silently"
@@ -78,11 +77,6 @@ class ManagementApiServer:
         with self._changed:
             self._throttle[connection_id] = times
 
-    def hold_posts(self) -> threading.Event:
-        """Make every post wait until the returned event is set (to drive a deadline without sleeping)."""
-        self._hold = threading.Event()
-        return self._hold
-
     def received(self, connection_id: str) -> list[dict]:
         with self._changed:
             return [json.loads(body) for body in self._received[connection_id]]
@@ -105,8 +99,6 @@ class ManagementApiServer:
             return 403, {"message": f"Forbidden: {problem}"}
         self.access_keys_seen.append(headers["Authorization"].split("Credential=")[1].split("/")[0])
         connection_id = unquote(path[len(prefix) :])
-        if method == "POST" and self._hold is not None:
-            self._hold.wait(30)
         with self._changed:
             self.posts += method == "POST"
             if self.accept_any_connection and method == "POST" and len(body) <= MAX_POST_BYTES:

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from localgw import events
-
-RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "apigw_events"
-
-
-def recorded(name: str) -> dict:
-    return json.loads((RECORDED / f"{name}.json").read_text())
+from tests.support.apigw_events import recorded
 
 
 def info(**overrides) -> events.ConnectionInfo:
