@@ -1,7 +1,6 @@
 """The Management API client: signed as boto3 signs, keep-alive, and every failure mapped."""
 
 import ssl
-import subprocess
 import threading
 
 import boto3
@@ -10,6 +9,7 @@ from botocore.credentials import RefreshableCredentials
 
 from chalicelib.management_api import DeliveryError, Gone, ManagementApi, Throttled
 from tests.support.management_api_server import ManagementApiServer
+from tests.support.tls import make_certificates
 
 CONNECTION = "CkxQ5cLSIAMCJbw="
 
@@ -124,36 +124,10 @@ def test_every_way_a_server_ends_a_response_is_handled(management_api, client, s
         client.post("unknownconnection", b"{}")
 
 
-@pytest.fixture
-def tls_files(tmp_path):
-    """A throwaway certificate for 127.0.0.1, made with openssl."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *(
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=127.0.0.1",
-            ),
-            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-def test_https_endpoints_are_verified_against_the_ca_bundle(tls_files, monkeypatch):
-    cert, key = tls_files
+def test_https_endpoints_are_verified_against_the_ca_bundle(tmp_path, monkeypatch):
+    tls = make_certificates(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(tls.server_cert, tls.server_key)
     with ManagementApiServer(tls=context) as server:
         server.open(CONNECTION)
         # WHEN the certificate is not trusted THEN nothing is sent
@@ -162,7 +136,7 @@ def test_https_endpoints_are_verified_against_the_ca_bundle(tls_files, monkeypat
                 CONNECTION, b"{}"
             )
         # WHEN botocore's AWS_CA_BUNDLE trusts it THEN the post goes through over TLS
-        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(tls.ca_cert))
         ManagementApi(boto3.session.Session(), server.endpoint, region="us-east-1").post(
             CONNECTION, b'{"tls": true}'
         )

@@ -10,12 +10,8 @@ ElastiCache expects.
 from __future__ import annotations
 
 import datetime as dt
-import queue
 import secrets
-import shutil
 import socket
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +31,8 @@ from chalicelib.redis_auth import (
 )
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable, redis_client
 from chalicelib.settings import Settings
+from tests.support.redis_server import RedisServer
+from tests.support.tls import make_certificates
 
 pytestmark = pytest.mark.redis_server
 
@@ -42,7 +40,6 @@ ROOT = Path(__file__).resolve().parents[2]
 USER_ID = "ws-app-iam"
 CACHE_NAME = "ws-broadcast-cache"
 REGION = "eu-west-1"
-READY_TIMEOUT_SECONDS = 20
 
 
 @dataclass(frozen=True)
@@ -62,73 +59,23 @@ class TlsRedis:
         )
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _make_certificates(tmp: Path) -> None:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.crt", cwd=tmp)  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-             "-keyout", "server.key", "-out", "server.csr", cwd=tmp)  # fmt: skip
-    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "1", "-extfile", "san.ext", "-out", "server.crt", cwd=tmp)  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_line(proc: subprocess.Popen, needle: str) -> list[str]:
-    """Block until the server logs ``needle`` (an event, not a sleep); fail with its log otherwise."""
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen = []
-    while True:
-        try:
-            line = lines.get(timeout=READY_TIMEOUT_SECONDS)
-        except queue.Empty:
-            pytest.fail(f"redis-server did not log {needle!r}; log so far:\n{''.join(seen)}")
-        if line is None:
-            pytest.fail(f"redis-server exited ({proc.wait()}); log:\n{''.join(seen)}")
-        seen.append(line)
-        if needle in line:
-            return seen
-
-
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory) -> Iterator[TlsRedis]:
-    assert shutil.which("redis-server"), "redis-server is missing: run `make test` (scripts/bootstrap)"
     tmp = tmp_path_factory.mktemp("tls-redis")
-    _make_certificates(tmp)
-    port = _free_port()
+    tls = make_certificates(tmp / "certificates")
     admin_password = secrets.token_hex(16)
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(tmp / "server.crt"), "--tls-key-file", str(tmp / "server.key"),
-         "--tls-ca-cert-file", str(tmp / "ca.crt"), "--tls-auth-clients", "no",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp), "--logfile", "",
-         # No anonymous access: the default user is off, as on ElastiCache with a user group.
-         "--user", "default", "off",
-         "--user", "admin", "on", f">{admin_password}", "~*", "&*", "+@all"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    server = RedisServer(
+        tmp / "redis",
+        # No anonymous access: the default user is off, as on ElastiCache with a user group.
+        *("--user", "default", "off"),
+        *("--user", "admin", "on", f">{admin_password}", "~*", "&*", "+@all"),
+        tls=tls,
+    )
+    server.start()
     try:
-        _wait_for_line(proc, "Ready to accept connections")
-        yield TlsRedis(port=port, ca_file=tmp / "ca.crt", admin_password=admin_password)
+        yield TlsRedis(port=server.port, ca_file=tls.ca_cert, admin_password=admin_password)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 def _iam_settings(port: int) -> Settings:

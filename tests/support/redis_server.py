@@ -8,6 +8,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+from tests.support.tls import TlsFiles
+
 READY_LINE = "Ready to accept connections"
 
 
@@ -24,7 +26,8 @@ class RedisServer:
     no polling, no sleeping.
     """
 
-    def __init__(self, workdir: Path, *extra_args: str) -> None:
+    def __init__(self, workdir: Path, *extra_args: str, tls: TlsFiles | None = None) -> None:
+        """``tls``: serve TLS only, on ``port`` (no plain-text port), with these certificates."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
@@ -32,13 +35,14 @@ class RedisServer:
         self.workdir = workdir
         self.port = free_port()
         self.extra_args = extra_args
+        self.tls = tls
         self.process: subprocess.Popen | None = None
         self._lines: list[str] = []
         self._logged = threading.Condition()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start (or start again, on the same port and folder) and return once it accepts connections."""
@@ -46,6 +50,15 @@ class RedisServer:
         with self._logged:
             self._lines = []
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.tls is not None:
+            command[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            command += [
+                "--tls-cert-file",
+                str(self.tls.server_cert),
+                "--tls-key-file",
+                str(self.tls.server_key),
+            ]
+            command += ["--tls-ca-cert-file", str(self.tls.ca_cert)]
         self.process = subprocess.Popen(
             [*command, "--dir", str(self.workdir), *self.extra_args],
             stdout=subprocess.PIPE,
