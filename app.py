@@ -32,7 +32,7 @@ def broadcaster() -> Broadcaster:
 def connect(event: WebsocketEvent) -> dict:
     gateway_event = GatewayEvent.from_dict(event.to_dict())
     with _logged(event, gateway_event):
-        return {"statusCode": broadcaster().connect(gateway_event)}
+        return broadcaster().connect(gateway_event)
 
 
 @app.on_ws_message()
@@ -40,14 +40,14 @@ def message(event: WebsocketEvent) -> dict:
     gateway_event = GatewayEvent.from_dict(event.to_dict())
     remaining_seconds = event.context.get_remaining_time_in_millis() / 1000
     with _logged(event, gateway_event):
-        return {"statusCode": broadcaster().publish(gateway_event, remaining_seconds)}
+        return broadcaster().publish(gateway_event, remaining_seconds)
 
 
 @app.on_ws_disconnect()
 def disconnect(event: WebsocketEvent) -> dict:
     gateway_event = GatewayEvent.from_dict(event.to_dict())
     with _logged(event, gateway_event):
-        return {"statusCode": broadcaster().disconnect(gateway_event)}
+        return broadcaster().disconnect(gateway_event)
 
 
 def _logged(event: WebsocketEvent, gateway_event: GatewayEvent):

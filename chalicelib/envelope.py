@@ -24,6 +24,12 @@ INVALID_TYPE = "invalid_type"
 INVALID_ECHO = "invalid_echo"
 MESSAGE_TOO_LARGE = "message_too_large"
 REGISTRY_UNAVAILABLE = "registry_unavailable"
+RATE_LIMITED = "rate_limited"
+OVER_CAPACITY = "over_capacity"
+
+# The keepalive a client sends (API Gateway closes a connection idle for 10 minutes); it is answered
+# with ``{"action": "pong", "received": <unix seconds>}`` to its sender only.
+PING = object()
 
 
 class InvalidMessage(ValueError):
@@ -44,8 +50,8 @@ class Publication:
     echo: bool
 
 
-def parse(body: str | bytes | None) -> Publication:
-    """Validate one inbound message body; raise ``InvalidMessage`` saying what is wrong."""
+def parse(body: str | bytes | None) -> Publication | object:
+    """Validate one inbound message body: a ``Publication``, or ``PING``; raise ``InvalidMessage``."""
     raw = body.encode() if isinstance(body, str) else (body or b"")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(
@@ -63,6 +69,8 @@ def parse(body: str | bytes | None) -> Publication:
             NOT_AN_OBJECT,
             f'the message is a JSON {_json_kind(document)}; send an object: {{"type": 99, "data": ...}}',
         )
+    if document.get("action") == "ping":
+        return PING
     if "type" not in document:
         raise InvalidMessage(MISSING_TYPE, 'the message has no "type"; add an integer, e.g. "type": 99')
     message_type = document["type"]
@@ -92,9 +100,16 @@ def encode_publication(publication: Publication, received: int) -> bytes:
     return payload
 
 
-def encode_error(code: str, message: str) -> bytes:
-    """The one reply a sender gets when its message is not published."""
-    return _dumps({"error": {"code": code, "message": message}})
+def encode_error(code: str, message: str, *, retry_after_ms: int | None = None) -> bytes:
+    """The one reply a sender gets when its message is not published (when to retry, if it may)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if retry_after_ms is not None:
+        error["retryAfterMs"] = retry_after_ms
+    return _dumps({"error": error})
+
+
+def encode_pong(received: int) -> bytes:
+    return _dumps({"action": "pong", "received": received})
 
 
 def _dumps(document: dict) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -17,6 +17,9 @@ class GatewayEvent:
     connected_at_ms: int
     request_time_ms: int
     body: str | None
+    # $connect only: header names lower-cased (HTTP names are case-insensitive); the query string.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, event: Mapping[str, Any]) -> GatewayEvent:
@@ -31,4 +34,6 @@ class GatewayEvent:
             connected_at_ms=int(context["connectedAt"]),
             request_time_ms=int(context["requestTimeEpoch"]),
             body=event.get("body"),
+            headers={name.lower(): value for name, value in (event.get("headers") or {}).items()},
+            query=dict(event.get("queryStringParameters") or {}),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 # API Gateway closes every WebSocket connection after 2 hours, whatever happens.
@@ -25,6 +25,11 @@ class SettingsError(ValueError):
 
 
 REDIS_AUTH_MODES = ("none", "iam")
+AUTH_MODES = ("jwt", "none")
+# HS256 needs a key at least as long as its hash (RFC 7518, 3.2).
+_MIN_SECRET_BYTES = 32
+# Clock skew tolerated on exp, nbf and iat between the token's issuer and Lambda.
+AUTH_LEEWAY_SECONDS = 30
 # ElastiCache user ids and replication group ids: a letter, then letters, digits and single hyphens.
 _ELASTICACHE_ID_PATTERN = re.compile(r"^[A-Za-z](?:-?[A-Za-z0-9])*$")
 _ELASTICACHE_ID_MAX_LENGTH = 40
@@ -46,6 +51,24 @@ class RedisAuth:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    """Who may connect. ``mode="none"`` admits anyone (written explicitly, never a default).
+
+    With ``mode="jwt"`` exactly one key source is set: ``jwks_url`` (RS256/ES256 keys of an identity
+    provider), ``jwt_secret`` (an HS256 secret in the environment: local development) or
+    ``jwt_secret_parameter`` (the name of an SSM Parameter Store SecureString holding it: prod).
+    """
+
+    mode: str
+    jwks_url: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_secret_parameter: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_seconds: int = AUTH_LEEWAY_SECONDS
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str
     aws_region: str
@@ -57,6 +80,11 @@ class Settings:
     publish_deadline_seconds: float = 25.0
     management_api_endpoint_override: str | None = None
     redis_auth: RedisAuth = RedisAuth()
+    auth: AuthSettings = AuthSettings(mode="none")
+    allowed_origins: tuple[str, ...] = ()
+    publish_rate_per_second: float = 5.0
+    publish_burst: int = 20
+    max_posts_per_second: int = 5000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -88,12 +116,12 @@ class Settings:
             ),
             management_api_endpoint_override=_endpoint_override(env),
             redis_auth=_redis_auth(env),
+            auth=_auth(env),
+            allowed_origins=_origins(env),
+            publish_rate_per_second=_number(env, "PUBLISH_RATE_PER_SECOND", float, 5.0, low=0, high=1000),
+            publish_burst=_number(env, "PUBLISH_BURST", int, 20, low=1, high=100_000),
+            max_posts_per_second=_number(env, "MAX_POSTS_PER_SECOND", int, 5000, low=0, high=1_000_000),
         )
-
-    @property
-    def registry_key(self) -> str:
-        """The registry's Redis key; the braces are a hash tag, so cluster mode keeps it on one slot."""
-        return "{" + self.redis_key_prefix + "}:connections"
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
@@ -227,3 +255,78 @@ def _elasticache_id(name: str, value: str, what: str) -> str:
             f"hyphens, starting with a letter, got {value!r}"
         )
     return value
+
+
+def _auth(env: Mapping[str, str]) -> AuthSettings:
+    mode = env.get("AUTH_MODE", "").strip().lower()
+    if mode not in AUTH_MODES:
+        raise SettingsError(
+            f"AUTH_MODE must be jwt or none, got {env.get('AUTH_MODE', '')!r}: jwt admits only clients "
+            "with a valid token (set AUTH_JWKS_URL, AUTH_JWT_SECRET_PARAMETER or AUTH_JWT_SECRET, plus "
+            "AUTH_ISSUER and AUTH_AUDIENCE); none admits anyone and must be written explicitly"
+        )
+    names = ("AUTH_JWKS_URL", "AUTH_JWT_SECRET", "AUTH_JWT_SECRET_PARAMETER", "AUTH_ISSUER", "AUTH_AUDIENCE")
+    values = {name: env.get(name, "").strip() for name in names}
+    if mode == "none":
+        for name, value in values.items():
+            if value:
+                raise SettingsError(
+                    f"{name} is set but AUTH_MODE is none, which admits anyone: set AUTH_MODE=jwt to "
+                    f"verify tokens, or remove {name}"
+                )
+        return AuthSettings(mode="none")
+    sources = [name for name in names[:3] if values[name]]
+    if len(sources) != 1:
+        raise SettingsError(
+            "AUTH_MODE=jwt needs exactly one key source, got "
+            f"{', '.join(sources) or 'none'}: AUTH_JWKS_URL (an identity provider's JWKS, e.g. "
+            "https://cognito-idp.REGION.amazonaws.com/POOL_ID/.well-known/jwks.json), "
+            "AUTH_JWT_SECRET_PARAMETER (an SSM SecureString holding an HS256 secret) or AUTH_JWT_SECRET "
+            "(the secret itself: local development only)"
+        )
+    for name in ("AUTH_ISSUER", "AUTH_AUDIENCE"):
+        if not values[name]:
+            raise SettingsError(
+                f"{name} is not set: AUTH_MODE=jwt checks every token's "
+                f"{'iss' if name == 'AUTH_ISSUER' else 'aud (or client_id)'} claim against it"
+            )
+    jwks_url = values["AUTH_JWKS_URL"] or None
+    if jwks_url and not _is_https_or_local(jwks_url):
+        raise SettingsError(f"AUTH_JWKS_URL must be an https:// URL, got {jwks_url!r}")
+    secret = values["AUTH_JWT_SECRET"] or None
+    if secret is not None and len(secret.encode()) < _MIN_SECRET_BYTES:
+        raise SettingsError(
+            f"AUTH_JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes for HS256; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    return AuthSettings(
+        mode="jwt",
+        jwks_url=jwks_url,
+        jwt_secret=secret,
+        jwt_secret_parameter=values["AUTH_JWT_SECRET_PARAMETER"] or None,
+        issuer=values["AUTH_ISSUER"],
+        audience=values["AUTH_AUDIENCE"],
+    )
+
+
+def _is_https_or_local(url: str) -> bool:
+    """https everywhere; plain http only to this machine, for tests and local identity providers."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (
+        parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost")
+    )
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """ALLOWED_ORIGINS: scheme://host[:port] entries, compared exactly as browsers send Origin."""
+    origins = tuple(
+        part.strip().rstrip("/") for part in env.get("ALLOWED_ORIGINS", "").split(",") if part.strip()
+    )
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise SettingsError(
+                f"ALLOWED_ORIGINS entries must look like https://app.example.com (scheme, host, optional "
+                f"port, no path), got {origin!r}"
+            )
+    return origins

@@ -24,6 +24,8 @@ os.environ.update(
     AWS_CONFIG_FILE=os.devnull,
     AWS_SHARED_CREDENTIALS_FILE=os.devnull,
     AWS_EC2_METADATA_DISABLED="true",
+    # The app refuses to start without an explicit AUTH_MODE; tests of authentication set jwt.
+    AUTH_MODE="none",
 )
 os.environ.pop("AWS_PROFILE", None)
 

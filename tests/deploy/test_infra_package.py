@@ -135,8 +135,10 @@ def test_every_function_gets_the_redis_endpoint_and_iam_auth_settings(resources,
     # The app's own settings must accept that shape (with the deployed values filled in).
     from chalicelib.settings import Settings
 
+    literal = {name: value for name, value in env.items() if isinstance(value, str)}
     settings = Settings.from_env(
         {
+            **literal,
             "REDIS_URL": "rediss://master.x.abc.use1.cache.amazonaws.com:6379/0",
             "REDIS_AUTH": env["REDIS_AUTH"],
             "REDIS_IAM_USER_ID": "ws-broadcast-app",
@@ -145,6 +147,7 @@ def test_every_function_gets_the_redis_endpoint_and_iam_auth_settings(resources,
         }
     )
     assert settings.redis_auth.mode == "iam"
+    assert settings.auth.mode == "jwt", "prod admits only clients with a valid token"
 
 
 def test_no_password_anywhere_in_the_template(template):

@@ -3,7 +3,7 @@
 import pytest
 import redis
 
-from chalicelib.registry import ConnectionRegistry, redis_client
+from chalicelib.registry import ConnectionRegistry, redis_client, registry_key
 from chalicelib.settings import Settings
 from tests.support.redis_server import RedisServer, free_port
 
@@ -26,18 +26,25 @@ def cluster_node(tmp_path) -> RedisServer:
 def test_the_registry_works_on_a_cluster_with_its_hash_tag(cluster_node):
     # GIVEN settings for cluster mode
     settings = Settings.from_env(
-        {"REDIS_URL": cluster_node.url, "AWS_REGION": "us-east-1", "REDIS_CLUSTER": "true"}
+        {
+            "REDIS_URL": cluster_node.url,
+            "AWS_REGION": "us-east-1",
+            "REDIS_CLUSTER": "true",
+            "AUTH_MODE": "none",
+        }
     )
     client = redis_client(settings)
     assert type(client).__name__ == "RedisCluster"
-    registry = ConnectionRegistry(client, key=settings.registry_key, max_age_seconds=7200, clock=lambda: 1000)
+    registry = ConnectionRegistry(client, prefix="wsbroadcast", max_age_seconds=7200, clock=lambda: 1000)
     # WHEN connections come and go THEN the same single-key commands work through the cluster client
     registry.add("AAAAAAAAAAAAAAA=", 1_000_000)
     registry.add("BBBBBBBBBBBBBBB=", 1_000_000)
     registry.remove("AAAAAAAAAAAAAAA=")
-    assert registry.snapshot().live == ["BBBBBBBBBBBBBBB="]
+    # AND a publish's script (its keys on the hash tag's one slot) runs through the cluster client
+    publish = registry.begin_publish("BBBBBBBBBBBBBBB=", 1_000_000, include_sender=True)
+    assert publish.live == ["BBBBBBBBBBBBBBB="]
     registry.forget(["BBBBBBBBBBBBBBB="])
-    assert registry.snapshot().live == []
+    assert client.hlen(registry_key("wsbroadcast")) == 0
     # AND the key's slot is decided by its hash tag alone
-    assert client.keyslot(settings.registry_key) == client.keyslot("{wsbroadcast}")
+    assert client.keyslot(registry_key("wsbroadcast")) == client.keyslot("{wsbroadcast}")
     client.close()

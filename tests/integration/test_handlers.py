@@ -8,6 +8,7 @@ import redis
 
 from chalicelib import envelope
 from chalicelib.management_api import endpoint_url
+from chalicelib.registry import registry_key
 from chalicelib.settings import Settings, SettingsError
 from tests.support.apigw_events import Connection
 from tests.support.lambda_context import LambdaContext
@@ -85,7 +86,7 @@ def test_gone_connections_are_forgotten_after_delivery(gateway, management_api, 
     # WHEN alice publishes THEN carol still gets it, and bob is removed from the registry
     gateway.send(alice, {"type": 1})
     management_api.wait_for(carol.connection_id, 1)
-    key = Settings.from_env(os.environ).registry_key
+    key = registry_key(os.environ["REDIS_KEY_PREFIX"])
     assert set(redis.Redis.from_url(redis_server.url, decode_responses=True).hkeys(key)) == {
         alice.connection_id,
         carol.connection_id,
@@ -131,10 +132,10 @@ def test_a_missing_setting_fails_the_invocation_naming_the_variable(app_module, 
 
 
 def test_the_endpoint_is_derived_from_the_event_as_chalice_does():
-    settings = Settings.from_env({"REDIS_URL": "redis://h", "AWS_REGION": "eu-west-1"})
+    settings = Settings.from_env({"REDIS_URL": "redis://h", "AWS_REGION": "eu-west-1", "AUTH_MODE": "none"})
     assert (
         endpoint_url(settings, "a1b2c3d4e5", "api")
         == "https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/api"
     )
-    china = Settings.from_env({"REDIS_URL": "redis://h", "AWS_REGION": "cn-north-1"})
+    china = Settings.from_env({"REDIS_URL": "redis://h", "AWS_REGION": "cn-north-1", "AUTH_MODE": "none"})
     assert endpoint_url(china, "a1b2c3d4e5", "v1").endswith(".execute-api.cn-north-1.amazonaws.com.cn/v1")

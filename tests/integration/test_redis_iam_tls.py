@@ -86,6 +86,7 @@ def _iam_settings(port: int) -> Settings:
             "REDIS_IAM_USER_ID": USER_ID,
             "REDIS_IAM_CACHE_NAME": CACHE_NAME,
             "AWS_REGION": REGION,
+            "AUTH_MODE": "none",
         }
     )
 
@@ -153,7 +154,7 @@ def test_the_apps_registry_works_over_tls_with_iam_auth(tls_redis, monkeypatch):
     registry.add("AAAAconnB=", now_ms)
     registry.remove("AAAAconnB=")
     # THEN it reached Redis over TLS as the IAM user
-    assert registry.snapshot().live == ["AAAAconnA="]
+    assert registry.begin_publish("AAAAconnA=", now_ms, include_sender=True).live == ["AAAAconnA="]
     with tls_redis.admin() as admin:
         assert USER_ID in {client["user"] for client in admin.client_list()}
 
@@ -254,7 +255,9 @@ def test_token_is_cached_until_shortly_before_expiry():
 
 
 def test_no_provider_without_iam():
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": REGION})
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": REGION, "AUTH_MODE": "none"}
+    )
     assert credential_provider(settings, _session()) is None
 
 

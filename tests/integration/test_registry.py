@@ -2,9 +2,9 @@
 
 import pytest
 
-from chalicelib.registry import ConnectionRegistry, InvalidConnectionId
+from chalicelib.registry import ConnectionRegistry, InvalidConnectionId, registry_key
 
-KEY = "{test}:connections"
+KEY = registry_key("test")
 MAX_AGE = 7200
 NOW = 1_795_654_173
 
@@ -24,20 +24,34 @@ def clock() -> Clock:
 
 @pytest.fixture
 def registry(redis_client, clock) -> ConnectionRegistry:
-    return ConnectionRegistry(redis_client, key=KEY, max_age_seconds=MAX_AGE, clock=clock)
+    return ConnectionRegistry(redis_client, prefix="test", max_age_seconds=MAX_AGE, clock=clock)
+
+
+SENDER = "SSSSSSSSSSSSSSS="
+
+
+def recipients(registry) -> list[str]:
+    """Who a publish from SENDER (registered for the test) would reach, SENDER left out."""
+    return sorted(registry.begin_publish(SENDER, NOW * 1000, include_sender=False).live)
 
 
 def test_connections_come_and_go(registry):
     registry.add("AAAAAAAAAAAAAAA=", NOW * 1000)
     registry.add("BBBBBBBBBBBBBBB=", NOW * 1000)
-    assert sorted(registry.snapshot().live) == ["AAAAAAAAAAAAAAA=", "BBBBBBBBBBBBBBB="]
+    assert recipients(registry) == ["AAAAAAAAAAAAAAA=", "BBBBBBBBBBBBBBB=", SENDER]
     registry.remove("AAAAAAAAAAAAAAA=")
-    assert registry.snapshot().live == ["BBBBBBBBBBBBBBB="]
+    assert recipients(registry) == ["BBBBBBBBBBBBBBB=", SENDER]
 
 
-def test_removing_an_unknown_connection_is_harmless(registry):
+def test_removing_an_unknown_connection_is_harmless(registry, redis_client):
     registry.remove("AAAAAAAAAAAAAAA=")
-    assert registry.snapshot().live == []
+    assert redis_client.exists(KEY) == 0
+
+
+def test_the_principal_is_kept_with_the_connection(registry, redis_client):
+    registry.add("AAAAAAAAAAAAAAA=", NOW * 1000, principal="user-1")
+    registry.add("BBBBBBBBBBBBBBB=", NOW * 1000)
+    assert redis_client.hgetall(KEY) == {"AAAAAAAAAAAAAAA=": f"{NOW}:user-1", "BBBBBBBBBBBBBBB=": str(NOW)}
 
 
 def test_a_connection_is_never_a_recipient_once_it_reaches_the_maximum_age(registry, clock):
@@ -45,11 +59,11 @@ def test_a_connection_is_never_a_recipient_once_it_reaches_the_maximum_age(regis
     registry.add("AAAAAAAAAAAAAAA=", NOW * 1000)
     # WHEN time passes to one second before the maximum age THEN it is still live
     clock.now = NOW + MAX_AGE - 1
-    assert registry.snapshot().live == ["AAAAAAAAAAAAAAA="]
+    assert "AAAAAAAAAAAAAAA=" in registry.begin_publish(SENDER, clock.now * 1000, include_sender=False).live
     # WHEN it reaches the maximum age THEN it is stale, not live
     clock.now = NOW + MAX_AGE
-    snapshot = registry.snapshot()
-    assert snapshot.live == []
+    snapshot = registry.begin_publish(SENDER, clock.now * 1000, include_sender=False)
+    assert "AAAAAAAAAAAAAAA=" not in snapshot.live
     assert snapshot.stale == ["AAAAAAAAAAAAAAA="]
 
 
@@ -89,4 +103,4 @@ def test_invalid_connection_ids_never_reach_redis(registry, redis_client, bad_id
 
 def test_an_unreadable_entry_counts_as_stale_not_as_a_crash(registry, redis_client):
     redis_client.hset(KEY, "AAAAAAAAAAAAAAA=", "garbage")
-    assert registry.snapshot().stale == ["AAAAAAAAAAAAAAA="]
+    assert registry.begin_publish(SENDER, NOW * 1000, include_sender=False).stale == ["AAAAAAAAAAAAAAA="]

@@ -22,7 +22,13 @@ def test_connect_disconnect_and_publish_cost_one_command_each(gateway, managemen
 
     gateway.send(alice, {"type": 1})
     management_api.wait_for(bob.connection_id, 1)
-    assert command_log.commands_until_now() == ["HGETALL"]
+    assert command_log.commands_until_now() == ["EVALSHA"], (
+        "re-register, both limits and the read: one script"
+    )
+
+    gateway.send(alice, {"action": "ping"})
+    management_api.wait_for(alice.connection_id, 1)
+    assert command_log.commands_until_now() == ["EVALSHA"]
 
     gateway.disconnect(bob)
     assert command_log.commands_until_now() == ["HDEL"]
@@ -39,4 +45,4 @@ def test_a_publish_with_gone_connections_costs_one_more_command_whatever_their_n
 
     gateway.send(alice, {"type": 1, "echo": True})
     management_api.wait_for(alice.connection_id, 1)
-    assert command_log.commands_until_now() == ["HGETALL", "HDEL"]
+    assert command_log.commands_until_now() == ["EVALSHA", "HDEL"]

@@ -4,7 +4,7 @@ import pytest
 
 from chalicelib.settings import Settings, SettingsError
 
-BASE = {"REDIS_URL": "redis://localhost:6379/0", "AWS_REGION": "eu-west-1"}
+BASE = {"REDIS_URL": "redis://localhost:6379/0", "AWS_REGION": "eu-west-1", "AUTH_MODE": "none"}
 
 
 def test_defaults():
@@ -14,7 +14,7 @@ def test_defaults():
     assert settings.publish_deadline_seconds == 25.0
     assert settings.redis_cluster is False
     assert settings.management_api_endpoint_override is None
-    assert settings.registry_key == "{wsbroadcast}:connections"
+    assert settings.redis_key_prefix == "wsbroadcast"
 
 
 def test_every_variable_is_read():
@@ -22,6 +22,7 @@ def test_every_variable_is_read():
         {
             "REDIS_URL": "rediss://:s3cret@master.example.cache.amazonaws.com:6379/0",
             "AWS_DEFAULT_REGION": "us-east-2",
+            "AUTH_MODE": "none",
             "REDIS_KEY_PREFIX": "chat-prod",
             "REDIS_CLUSTER": "true",
             "REDIS_SOCKET_TIMEOUT_SECONDS": "0.5",
@@ -32,7 +33,7 @@ def test_every_variable_is_read():
         }
     )
     assert settings.aws_region == "us-east-2"
-    assert settings.registry_key == "{chat-prod}:connections"
+    assert settings.redis_key_prefix == "chat-prod"
     assert settings.redis_cluster is True
     assert settings.redis_socket_timeout_seconds == 0.5
     assert settings.fanout_workers == 64

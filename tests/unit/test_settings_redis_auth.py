@@ -12,6 +12,7 @@ IAM_ENV = {
     "REDIS_IAM_USER_ID": "ws-broadcast-app",
     "REDIS_IAM_CACHE_NAME": "ws-broadcast",
     "AWS_REGION": "us-east-1",
+    "AUTH_MODE": "none",
 }
 
 
@@ -26,13 +27,20 @@ def _with(**changes: str | None) -> dict[str, str]:
 
 
 def test_default_is_no_extra_authentication():
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": "us-east-1"})
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": "us-east-1", "AUTH_MODE": "none"}
+    )
     assert settings.redis_auth == RedisAuth(mode="none")
 
 
 @pytest.mark.parametrize("value", ["none", "NONE", " none ", ""])
 def test_none_spelled_any_way(value):
-    env = {"REDIS_URL": "rediss://:pw@host:6379/0", "REDIS_AUTH": value, "AWS_REGION": "us-east-1"}
+    env = {
+        "REDIS_URL": "rediss://:pw@host:6379/0",
+        "REDIS_AUTH": value,
+        "AWS_REGION": "us-east-1",
+        "AUTH_MODE": "none",
+    }
     settings = Settings.from_env(env)
     assert settings.redis_auth.mode == "none"
 

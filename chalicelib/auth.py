@@ -1,0 +1,101 @@
+"""Who may connect: where the token travels, the Origin check, and the answer to the handshake.
+
+Pure over what it is given: the ``$connect`` event's headers and query string, and a token verifier
+(``chalicelib.tokens``, imported only when ``AUTH_MODE=jwt`` so that ``none`` pays nothing for the
+JWT library at cold start). It knows neither Redis nor API Gateway, and never logs a token.
+
+A token is read from the first of these that carries one:
+
+1. ``Sec-WebSocket-Protocol: wsbroadcast, bearer.<jwt>``: browsers, which cannot set headers on a
+   WebSocket. The handshake then selects ``wsbroadcast`` (a browser that offered subprotocols fails
+   the handshake when none is selected); the ``bearer.`` entry is never echoed.
+2. ``Authorization: Bearer <jwt>``: servers, ``wscat -H``.
+3. ``?token=<jwt>``: tools that can do nothing else (query strings end up in access logs).
+
+Refusals carry the HTTP status the client sees at the handshake: ``Unauthorized`` (401, no token or
+an invalid one), ``Forbidden`` (403, valid but not allowed), ``AuthUnavailable`` (503, the keys
+could not be fetched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+SUBPROTOCOL = "wsbroadcast"
+_BEARER_SUBPROTOCOL_PREFIX = "bearer."
+
+
+class Refused(Exception):
+    """The handshake is refused with ``status``; ``reason`` is safe to log and to show the client."""
+
+    status = 401
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Unauthorized(Refused):
+    status = 401
+
+
+class Forbidden(Refused):
+    status = 403
+
+
+class AuthUnavailable(Refused):
+    status = 503
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> Mapping[str, Any]:
+        """The token's verified claims; raise ``Unauthorized`` or ``AuthUnavailable``."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A connection let in: who it is (``None`` when AUTH_MODE=none) and the subprotocol to select."""
+
+    principal: str | None
+    subprotocol: str | None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Gatekeeper:
+    def __init__(self, verifier: TokenVerifier | None, allowed_origins: tuple[str, ...] = ()) -> None:
+        self._verifier = verifier
+        self._allowed_origins = frozenset(allowed_origins)
+
+    def admit(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Admission:
+        """Decide a handshake; ``headers`` has lower-case names. Raise a ``Refused`` to refuse it."""
+        origin = headers.get("origin")
+        if self._allowed_origins and origin is not None and origin not in self._allowed_origins:
+            raise Forbidden(f"origin {origin!r} is not allowed to connect")
+        offered = _offered_subprotocols(headers)
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        if self._verifier is None:
+            return Admission(principal=None, subprotocol=subprotocol)
+        token = _token(offered, headers, query)
+        if not token:
+            raise Unauthorized(
+                "a token is required: offer the subprotocols wsbroadcast and bearer.<token>, or send "
+                "Authorization: Bearer <token>, or add ?token=<token>"
+            )
+        claims = self._verifier.verify(token)
+        return Admission(principal=str(claims["sub"]), subprotocol=subprotocol, claims=claims)
+
+
+def _offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
+    return [part.strip() for part in headers.get("sec-websocket-protocol", "").split(",") if part.strip()]
+
+
+def _token(offered: list[str], headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    for protocol in offered:
+        if protocol.startswith(_BEARER_SUBPROTOCOL_PREFIX):
+            return protocol[len(_BEARER_SUBPROTOCOL_PREFIX) :]
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return query.get("token") or None
