@@ -21,3 +21,14 @@ def app_module(monkeypatch, redis_server, management_api):
 @pytest.fixture
 def gateway(app_module, management_api) -> GatewayDriver:
     return GatewayDriver(app_module, management_api)
+
+
+@pytest.fixture
+def ssm_parameter_store(monkeypatch):
+    """SSM Parameter Store holding prod's HS256 secret; boto3 reaches it through AWS_ENDPOINT_URL_SSM."""
+    from tests.support.identity_provider import SECRET
+    from tests.support.ssm_parameter_store import ParameterStore
+
+    with ParameterStore({"/ws-broadcast/prod/jwt-secret": SECRET}) as store:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", store.endpoint)
+        yield store

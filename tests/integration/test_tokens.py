@@ -1,0 +1,226 @@
+"""JWT verification against a real JWKS server: every way a token can be wrong is refused with 401."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from chalicelib.auth import AuthUnavailable, Unauthorized
+from chalicelib.settings import AuthSettings
+from chalicelib.tokens import (
+    UNKNOWN_KID_REFETCH_SECONDS,
+    JwksKeys,
+    JwtVerifier,
+    SecretKey,
+    verifier_from_settings,
+)
+from tests.support.identity_provider import (
+    AUDIENCE,
+    ISSUER,
+    SECRET,
+    IdentityProvider,
+    SigningKey,
+    claims_with,
+    secret_token,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def idp():
+    with IdentityProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def verifier(idp, clock) -> JwtVerifier:
+    keys = JwksKeys(lambda: _get(idp.jwks_url), clock=clock)
+    return JwtVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=30)
+
+
+def _get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=3) as response:
+        return response.read()
+
+
+def _unsigned(header: dict, claims: dict) -> str:
+    def part(document: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(document).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(claims)}."
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_a_valid_token_gives_its_claims(idp, verifier, algorithm):
+    key = idp.rsa if algorithm == "RS256" else idp.ec
+    claims = verifier.verify(key.token(sub="alice"))
+    assert claims["sub"] == "alice"
+
+
+def test_keys_are_fetched_once_per_container(idp, verifier):
+    for _ in range(5):
+        verifier.verify(idp.rsa.token())
+    assert idp.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ({"exp": int(time.time()) - 60}, "expired"),
+        ({"nbf": int(time.time()) + 600}, "not yet valid"),
+        ({"iat": int(time.time()) + 600}, "issued in the future"),
+        ({"iss": "https://someone-else.example"}, "issuer"),
+        ({"aud": "another-service"}, "audience"),
+        ({"exp": None}, "no expiry"),
+        ({"sub": None}, "no subject"),
+    ],
+)
+def test_a_token_with_wrong_claims_is_refused(idp, verifier, claims, why):
+    with pytest.raises(Unauthorized):
+        verifier.verify(idp.rsa.token(**claims))
+
+
+def test_the_leeway_tolerates_small_clock_skew(idp, verifier):
+    verifier.verify(idp.rsa.token(exp=int(time.time()) - 10, nbf=int(time.time()) + 10))
+
+
+def test_cognito_access_tokens_match_the_audience_by_client_id(idp, verifier):
+    assert verifier.verify(idp.rsa.token(aud=None, client_id=AUDIENCE))["sub"] == "user-1"
+    with pytest.raises(Unauthorized):
+        verifier.verify(idp.rsa.token(aud=None, client_id="another-app"))
+
+
+def test_an_audience_list_is_accepted_when_it_names_the_service(idp, verifier):
+    verifier.verify(idp.rsa.token(aud=["other", AUDIENCE]))
+
+
+def test_alg_none_is_refused(idp, verifier):
+    token = _unsigned({"alg": "none", "typ": "JWT", "kid": idp.rsa.kid}, claims_with())
+    with pytest.raises(Unauthorized, match="algorithm"):
+        verifier.verify(token)
+
+
+def test_hs256_signed_with_the_rsa_public_key_is_refused(idp, verifier):
+    # The classic confusion attack: the public key (which anyone can fetch) used as an HMAC secret.
+    token = _hmac_with(idp.rsa.public_pem(), {"alg": "HS256", "typ": "JWT", "kid": idp.rsa.kid})
+    with pytest.raises(Unauthorized, match="algorithm"):
+        verifier.verify(token)
+
+
+def _hmac_with(secret: bytes, header: dict) -> str:
+    """An HS256 token whose secret is ``secret`` (PyJWT itself refuses PEM keys as HMAC secrets)."""
+    import hashlib
+    import hmac
+
+    signing_input = _unsigned(header, claims_with())[:-1]
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+
+def test_a_token_signed_by_a_key_of_another_algorithm_than_its_kid_is_refused(idp, verifier):
+    # An ES256 signature claiming the RSA key's kid.
+    token = jwt.encode(claims_with(), idp.ec.private, algorithm="ES256", headers={"kid": idp.rsa.kid})
+    with pytest.raises(Unauthorized):
+        verifier.verify(token)
+
+
+def test_a_forged_signature_is_refused(idp, verifier):
+    impostor = SigningKey("RS256")
+    impostor.kid = idp.rsa.kid
+    with pytest.raises(Unauthorized, match="not valid"):
+        verifier.verify(impostor.token())
+
+
+def test_garbage_is_refused(verifier):
+    for token in ("", "not-a-jwt", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30"):
+        with pytest.raises(Unauthorized):
+            verifier.verify(token)
+
+
+def test_an_unknown_kid_refetches_at_most_once_a_minute_then_refuses(idp, verifier, clock):
+    verifier.verify(idp.rsa.token())
+    unknown = SigningKey("RS256")
+    # WHEN tokens with an unknown kid keep coming within a minute THEN one refetch in all, each refused
+    clock.now += UNKNOWN_KID_REFETCH_SECONDS
+    for _ in range(5):
+        with pytest.raises(Unauthorized, match="does not know"):
+            verifier.verify(unknown.token())
+    assert idp.requests == 2
+    # WHEN the provider rotates that key in THEN it is found at the next refetch, a minute later
+    idp.rotate_in(unknown)
+    with pytest.raises(Unauthorized):
+        verifier.verify(unknown.token())
+    clock.now += UNKNOWN_KID_REFETCH_SECONDS
+    assert verifier.verify(unknown.token())["sub"] == "user-1"
+    assert idp.requests == 3
+
+
+def test_an_unreachable_jwks_refuses_with_503_and_recovers(idp, verifier, clock):
+    idp.available = False
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(idp.rsa.token())
+    # Within the retry pause nothing is fetched; after it the provider is asked again.
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(idp.rsa.token())
+    assert idp.requests == 1
+    idp.available = True
+    clock.now += 5
+    assert verifier.verify(idp.rsa.token())["sub"] == "user-1"
+
+
+def test_a_jwks_url_with_nothing_listening_refuses_with_503():
+    keys = JwksKeys(lambda: _get("http://127.0.0.1:9/jwks.json"))
+    verifier = JwtVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=30)
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(SigningKey("RS256").token())
+
+
+def test_the_hs256_secret_mode_accepts_only_hs256():
+    verifier = JwtVerifier(SecretKey(lambda: SECRET), issuer=ISSUER, audience=AUDIENCE, leeway_seconds=30)
+    assert verifier.verify(secret_token(sub="bob"))["sub"] == "bob"
+    with pytest.raises(Unauthorized):
+        verifier.verify(secret_token(secret="another-secret-that-is-at-least-32-bytes"))
+    with pytest.raises(Unauthorized, match="algorithm"):
+        verifier.verify(SigningKey("RS256").token())
+
+
+def test_the_secret_comes_from_ssm_parameter_store_once(ssm_parameter_store):
+    # GIVEN prod's settings: the HS256 secret named by AUTH_JWT_SECRET_PARAMETER
+    import boto3
+
+    settings = AuthSettings(
+        mode="jwt", jwt_secret_parameter="/ws-broadcast/prod/jwt-secret", issuer=ISSUER, audience=AUDIENCE
+    )
+    verifier = verifier_from_settings(settings, boto3.session.Session())
+    # WHEN tokens arrive THEN the parameter is read once, decrypted, and used
+    for _ in range(3):
+        assert verifier.verify(secret_token())["sub"] == "user-1"
+    assert ssm_parameter_store.requests == [("/ws-broadcast/prod/jwt-secret", True)]
+
+
+def test_an_unreadable_ssm_parameter_refuses_with_503(ssm_parameter_store):
+    import boto3
+
+    ssm_parameter_store.available = False
+    settings = AuthSettings(mode="jwt", jwt_secret_parameter="/missing", issuer=ISSUER, audience=AUDIENCE)
+    verifier = verifier_from_settings(settings, boto3.session.Session())
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(secret_token())

@@ -1,0 +1,110 @@
+"""A real local identity provider for tests: RSA and EC signing keys, a JWKS served over HTTP, tokens.
+
+The JWKS is served by a real HTTP server on 127.0.0.1 (what Cognito, Auth0 or Okta serve at their
+``jwks.json``), so the app's fetching, caching and refetching run exactly as in Lambda. The server
+counts its requests and can be taken down and brought back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+ISSUER = "https://idp.test.example"
+AUDIENCE = "ws-broadcast-tests"
+SECRET = "a-test-secret-that-is-at-least-32-bytes-long"
+
+
+class SigningKey:
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        self.kid = uuid.uuid4().hex
+        if algorithm == "RS256":
+            self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            self.private = ec.generate_private_key(ec.SECP256R1())
+
+    def jwk(self) -> dict:
+        algorithm = jwt.algorithms.RSAAlgorithm if self.algorithm == "RS256" else jwt.algorithms.ECAlgorithm
+        jwk = json.loads(algorithm.to_jwk(self.private.public_key()))
+        return {**jwk, "kid": self.kid, "use": "sig", "alg": self.algorithm}
+
+    def public_pem(self) -> bytes:
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def token(self, **claims) -> str:
+        return jwt.encode(
+            claims_with(**claims), self.private, algorithm=self.algorithm, headers={"kid": self.kid}
+        )
+
+
+def claims_with(**overrides) -> dict:
+    """Valid claims for the tests' issuer and audience, one hour long; ``None`` removes a claim."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "iat": now, "exp": now + 3600}
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def secret_token(secret: str = SECRET, **claims) -> str:
+    return jwt.encode(claims_with(**claims), secret, algorithm="HS256")
+
+
+class IdentityProvider:
+    """Serves ``/jwks.json`` with the public halves of its keys; ``down()`` answers 503."""
+
+    def __init__(self) -> None:
+        self.keys = [SigningKey("RS256"), SigningKey("ES256")]
+        self.requests = 0
+        self.available = True
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                provider.requests += 1
+                if not provider.available or self.path != "/jwks.json":
+                    self.send_error(503 if not provider.available else 404)
+                    return
+                body = json.dumps({"keys": [key.jwk() for key in provider.keys]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.jwks_url = f"http://127.0.0.1:{self._server.server_port}/jwks.json"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def rsa(self) -> SigningKey:
+        return self.keys[0]
+
+    @property
+    def ec(self) -> SigningKey:
+        return self.keys[1]
+
+    def rotate_in(self, key: SigningKey) -> None:
+        self.keys.append(key)
+
+    def __enter__(self) -> IdentityProvider:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
