@@ -203,9 +203,9 @@ class Wscat:
     Without a terminal wscat prints only what it receives, one message per line, and errors on stderr.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *options: str) -> None:
         self.proc = subprocess.Popen(
-            [str(WSCAT), "-c", url],
+            [str(WSCAT), "-c", url, *options],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

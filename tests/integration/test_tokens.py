@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 
 import jwt
@@ -25,7 +23,9 @@ from tests.support.identity_provider import (
     IdentityProvider,
     SigningKey,
     claims_with,
+    hmac_token,
     secret_token,
+    unsigned_token,
 )
 
 
@@ -59,13 +59,6 @@ def _get(url: str) -> bytes:
 
     with urllib.request.urlopen(url, timeout=3) as response:
         return response.read()
-
-
-def _unsigned(header: dict, claims: dict) -> str:
-    def part(document: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(document).encode()).rstrip(b"=").decode()
-
-    return f"{part(header)}.{part(claims)}."
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
@@ -113,26 +106,16 @@ def test_an_audience_list_is_accepted_when_it_names_the_service(idp, verifier):
 
 
 def test_alg_none_is_refused(idp, verifier):
-    token = _unsigned({"alg": "none", "typ": "JWT", "kid": idp.rsa.kid}, claims_with())
+    token = unsigned_token({"alg": "none", "typ": "JWT", "kid": idp.rsa.kid}, claims_with())
     with pytest.raises(Unauthorized, match="algorithm"):
         verifier.verify(token)
 
 
 def test_hs256_signed_with_the_rsa_public_key_is_refused(idp, verifier):
     # The classic confusion attack: the public key (which anyone can fetch) used as an HMAC secret.
-    token = _hmac_with(idp.rsa.public_pem(), {"alg": "HS256", "typ": "JWT", "kid": idp.rsa.kid})
+    token = hmac_token(idp.rsa.public_pem(), {"alg": "HS256", "typ": "JWT", "kid": idp.rsa.kid})
     with pytest.raises(Unauthorized, match="algorithm"):
         verifier.verify(token)
-
-
-def _hmac_with(secret: bytes, header: dict) -> str:
-    """An HS256 token whose secret is ``secret`` (PyJWT itself refuses PEM keys as HMAC secrets)."""
-    import hashlib
-    import hmac
-
-    signing_input = _unsigned(header, claims_with())[:-1]
-    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
 
 
 def test_a_token_signed_by_a_key_of_another_algorithm_than_its_kid_is_refused(idp, verifier):

@@ -7,6 +7,9 @@ counts its requests and can be taken down and brought back.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -53,6 +56,22 @@ def claims_with(**overrides) -> dict:
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "iat": now, "exp": now + 3600}
     claims.update(overrides)
     return {name: value for name, value in claims.items() if value is not None}
+
+
+def unsigned_token(header: dict, claims: dict) -> str:
+    """A token with no signature at all, whatever its header claims (``alg: none``)."""
+
+    def part(document: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(document).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(claims)}."
+
+
+def hmac_token(secret: bytes, header: dict) -> str:
+    """An HS256 token keyed with ``secret``, e.g. an RSA public key (PyJWT itself refuses PEM secrets)."""
+    signing_input = unsigned_token(header, claims_with())[:-1]
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
 
 
 def secret_token(secret: str = SECRET, **claims) -> str:
