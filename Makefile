@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Extra options for the local gateway, e.g. `make run LOCALGW_ARGS="--port 9000"` (python -m localgw --help).
 LOCALGW_ARGS ?=
+# The Chalice stage `make run` serves: dev (AUTH_MODE=none) or dev-jwt (tokens from `make token`).
+RUN_STAGE ?= dev
 
-.PHONY: test run lint bench
+.PHONY: test run lint bench token
 
 ## make test: install everything the suite needs (venv, redis-server, wscat), then run the whole suite.
 test:
@@ -15,7 +17,12 @@ test:
 ## make run: serve the app locally at ws://localhost:8000/api with an embedded Redis (REDIS_URL overrides).
 run:
 	scripts/bootstrap run
-	$(PY) -m localgw $(LOCALGW_ARGS)
+	$(PY) -m localgw --chalice-stage $(RUN_STAGE) $(LOCALGW_ARGS)
+
+## make token [sub=NAME]: a one-hour token for `make run RUN_STAGE=dev-jwt`, and a wscat line that uses it.
+token:
+	@scripts/bootstrap python
+	@$(PY) scripts/mint_token.py --stage dev-jwt --sub $(or $(sub),local-user)
 
 ## make bench: every benchmark beside its baseline (bench/README.md); figures in bench/results/latest.json.
 bench:

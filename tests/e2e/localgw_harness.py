@@ -43,7 +43,8 @@ class GatewayProcess:
         The gateway gets a session (process group) of its own, so ``stop`` reaches ``make`` and its child.
         """
         self.event_log = tmp_path / f"events-{id(self)}.jsonl"
-        full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
+        # The stage decides these (as `make run` does), not the test process's own defaults.
+        full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "AUTH_MODE")}
         full_env.update({"FIXTURE_EVENT_LOG": str(self.event_log), "PYTHONUNBUFFERED": "1"})
         full_env.update(env or {})
         if command is None:

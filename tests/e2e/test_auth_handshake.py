@@ -5,12 +5,13 @@ keys from a real JWKS server, real WebSocket clients. Every refusal is the HTTP 
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.localgw_harness import GatewayProcess, Wscat, run
+from tests.e2e.localgw_harness import REPO, GatewayProcess, Wscat, run
 from tests.support.identity_provider import (
     AUDIENCE,
     ISSUER,
@@ -128,5 +129,26 @@ def test_an_unreachable_jwks_refuses_with_503(tmp_path):
     gw = GatewayProcess(project_dir=None, tmp_path=tmp_path, env=down)
     try:
         assert status_with_token(gw, SigningKey("RS256").token()) == 503
+    finally:
+        gw.stop()
+
+
+def test_make_token_mints_what_the_dev_jwt_stage_accepts(tmp_path):
+    # GIVEN `make run RUN_STAGE=dev-jwt` (this repository's config, its local HS256 secret)
+    gw = GatewayProcess("--chalice-stage", "dev-jwt", project_dir=None, tmp_path=tmp_path)
+    try:
+        # WHEN a token comes from `make token`
+        made = subprocess.run(
+            ["make", "--no-print-directory", "token", "sub=alice"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token = made.stdout.strip()
+        # THEN it opens the connection, and the printed wscat line carries it; without it: 401
+        assert f'wscat -c ws://localhost:8000/api -H "Authorization: Bearer {token}"' in made.stderr
+        assert status_with_token(gw, token) == 101
+        assert run(handshake(gw.url)) == 401
     finally:
         gw.stop()
