@@ -4,20 +4,36 @@ Inbound, a client sends ``{"echo": false, "type": 99, "data": <any JSON>}``; ``e
 (default false), ``data`` is optional (missing means null, as the Go reference decodes it) and
 unknown fields are ignored. Outbound, every recipient gets ``{"type", "data", "received"}``.
 A bad message is answered with ``{"error": {"code", "message"}}`` to its sender only.
+
+Only strict JSON (RFC 8259) passes in either direction, because every recipient's ``JSON.parse``
+would throw on anything else: no NaN or Infinity (nor a number that overflows to it, ``1e400``), no
+byte other than JSON whitespace between tokens. Nesting is bounded by a scan that does not recurse,
+before the standard library's parser and encoder (which do) see the document.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from dataclasses import dataclass
+from functools import partial
+from itertools import accumulate
 from typing import Any
 
 # API Gateway's limit for one WebSocket message; a post over it is refused with 413.
 MAX_MESSAGE_BYTES = 128 * 1024
+# Arrays and objects may nest this deep, the message object counting as 1 (so `data` nests 63).
+# Far deeper than real messages are, and under the default limits of recipients' parsers (Ruby's
+# JSON 100, serde_json 128, CPython's json about 990), so whatever is published, every client can read.
+MAX_DEPTH = 64
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 # The stable error codes a sender can receive; the README documents each.
 INVALID_JSON = "invalid_json"
+TOO_DEEP = "too_deep"
+INTEGER_TOO_LONG = "integer_too_long"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_TYPE = "missing_type"
 INVALID_TYPE = "invalid_type"
@@ -30,6 +46,12 @@ OVER_CAPACITY = "over_capacity"
 # The keepalive a client sends (API Gateway closes a connection idle for 10 minutes); it is answered
 # with ``{"action": "pong", "received": <unix seconds>}`` to its sender only.
 PING = object()
+
+_EXAMPLE = '{"type": 99, "data": ...}'
+# A JSON string; an unterminated one runs to the end of the text, so the depth scan stays linear.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_NESTING = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 class InvalidMessage(ValueError):
@@ -50,24 +72,16 @@ class Publication:
     echo: bool
 
 
+class _LongInteger:
+    """Stands in for an integer literal too long to convert, so a `type` can be told from `data`."""
+
+
 def parse(body: str | bytes | None) -> Publication | object:
     """Validate one inbound message body: a ``Publication``, or ``PING``; raise ``InvalidMessage``."""
-    raw = body.encode() if isinstance(body, str) else (body or b"")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidMessage(
-            MESSAGE_TOO_LARGE,
-            f"the message is {len(raw)} bytes; send at most {MAX_MESSAGE_BYTES} bytes (128 KB)",
-        )
-    try:
-        document = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise InvalidMessage(
-            INVALID_JSON, 'the message is not valid JSON; send {"type": 99, "data": ...}'
-        ) from None
+    document, long_integers = _loads(_text(body))
     if not isinstance(document, dict):
         raise InvalidMessage(
-            NOT_AN_OBJECT,
-            f'the message is a JSON {_json_kind(document)}; send an object: {{"type": 99, "data": ...}}',
+            NOT_AN_OBJECT, f"the message is a JSON {_json_kind(document)}; send an object: {_EXAMPLE}"
         )
     if document.get("action") == "ping":
         return PING
@@ -85,12 +99,27 @@ def parse(body: str | bytes | None) -> Publication | object:
         raise InvalidMessage(
             INVALID_ECHO, f'"echo" must be true or false (or left out), got a JSON {_json_kind(echo)}'
         )
+    if long_integers:
+        raise InvalidMessage(
+            INTEGER_TOO_LONG,
+            f"the message has an integer of {max(long_integers)} digits; integers may have at most "
+            f"{sys.get_int_max_str_digits()}: send longer ones as strings",
+        )
     return Publication(type=message_type, data=document.get("data"), echo=echo)
 
 
 def encode_publication(publication: Publication, received: int) -> bytes:
-    """The bytes every recipient gets; raise ``InvalidMessage`` when they would exceed API Gateway's limit."""
-    payload = _dumps({"type": publication.type, "data": publication.data, "received": received})
+    """The bytes every recipient gets; raise ``InvalidMessage`` when they would exceed API Gateway's limit.
+
+    ``publication`` comes from ``parse``, whose limits keep the encoder from recursing too deep; a
+    value strict JSON cannot carry (NaN, Infinity) is refused here too, never posted.
+    """
+    try:
+        payload = _dumps({"type": publication.type, "data": publication.data, "received": received})
+    except ValueError:
+        raise InvalidMessage(
+            INVALID_JSON, '"data" holds a number JSON cannot carry (NaN or Infinity); send a finite number'
+        ) from None
     if len(payload) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(
             MESSAGE_TOO_LARGE,
@@ -112,17 +141,97 @@ def encode_pong(received: int) -> bytes:
     return _dumps({"action": "pong", "received": received})
 
 
+def _text(body: str | bytes | None) -> str:
+    """The body as text within the size limit; bytes must be UTF-8 (RFC 8259 section 8.1).
+
+    Never hand bytes to ``json.loads``: it guesses UTF-16/32 from NUL bytes, so a frame of NULs
+    interleaved with JSON (``"\\x00{\\x00..."``) would decode as UTF-16 and pass.
+    """
+    if isinstance(body, str):
+        size = len(body.encode("utf-8", "surrogatepass"))
+    else:
+        body = body or b""
+        size = len(body)
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(
+            MESSAGE_TOO_LARGE, f"the message is {size} bytes; send at most {MAX_MESSAGE_BYTES} bytes (128 KB)"
+        )
+    if isinstance(body, str):
+        return body
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidMessage(
+            INVALID_JSON, f"the message is not UTF-8 (byte {error.start}); send JSON as UTF-8 text"
+        ) from None
+
+
+def _loads(text: str) -> tuple[Any, list[int]]:
+    """Parse strict JSON no deeper than MAX_DEPTH; also the digit counts of integers too long to keep."""
+    if text.count("[") + text.count("{") > MAX_DEPTH and (depth := _depth(text)) > MAX_DEPTH:
+        raise InvalidMessage(
+            TOO_DEEP,
+            f"arrays and objects nest {depth} levels deep; nest at most {MAX_DEPTH} "
+            "(the message object counts as one)",
+        )
+    long_integers: list[int] = []
+    try:
+        try:
+            document = json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, InvalidMessage):
+            raise
+        except ValueError:
+            # int() refused an integer over its digit limit. Parse again, noting each such integer,
+            # so that every other message keeps the decoder's fast built-in integer parsing.
+            document = json.loads(
+                text,
+                parse_int=partial(_int_or_placeholder, long_integers),
+                parse_float=_finite_float,
+                parse_constant=_reject_constant,
+            )
+    except json.JSONDecodeError as error:
+        raise InvalidMessage(
+            INVALID_JSON, f"the message is not JSON ({error.msg} at character {error.pos}); send {_EXAMPLE}"
+        ) from None
+    return document, long_integers
+
+
+def _depth(text: str) -> int:
+    """How deep arrays and objects nest in ``text``, without recursing: brackets outside strings."""
+    brackets = _STRING.sub("", text).encode("utf-8", "surrogatepass").translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+def _int_or_placeholder(long_integers: list[int], literal: str) -> int | _LongInteger:
+    try:
+        return int(literal)
+    except ValueError:  # over sys.get_int_max_str_digits(): 4300 unless the environment says otherwise
+        long_integers.append(len(literal.lstrip("-")))
+        return _LongInteger()
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise InvalidMessage(
+            INVALID_JSON,
+            f"the number {literal[:40]} is too large for a JSON number (a double); "
+            "send a smaller one, or a string",
+        )
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidMessage(INVALID_JSON, f"{name} is not JSON; send a finite number, a string or null")
+
+
 def _dumps(document: dict) -> bytes:
-    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     try:
         return text.encode()
     except UnicodeEncodeError:
         # A lone surrogate ("\\ud800" in the input) has no UTF-8 form: keep it escaped, as it came.
-        return json.dumps(document, separators=(",", ":")).encode()
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+        return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _is_int64(value: Any) -> bool:
@@ -134,7 +243,7 @@ def _json_kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | _LongInteger):
         return "number"
     if isinstance(value, str):
         return "string"
