@@ -11,18 +11,21 @@ import socket
 import statistics
 import threading
 import time
+import uuid
 
 import redis
 
 from bench.common import Figure
-from chalicelib.registry import ConnectionRegistry
+from chalicelib.registry import ConnectionRegistry, Limits, registry_key
 from tests.support.apigw_events import new_connection_id
 from tests.support.command_log import CommandLog
 from tests.support.redis_server import RedisServer
 
-KEY = "{bench}:connections"
+KEY = registry_key("bench")
 REFERENCE_KEY = "{bench}:reference"
 EVENT_POPULATION = 1000
+# The limits a stage runs with by default (settings.py): they are checked inside the publish's script.
+DEFAULT_LIMITS = Limits(publish_rate_per_second=5, publish_burst=20, max_posts_per_second=5000)
 
 
 class CountingProxy:
@@ -59,7 +62,7 @@ def event_costs(server: RedisServer) -> list[Figure]:
     client = redis.Redis.from_url(server.url, decode_responses=True)
     client.flushall()
     now_ms = int(time.time() * 1000)
-    registry = ConnectionRegistry(client, key=KEY, max_age_seconds=7200)
+    registry = ConnectionRegistry(client, prefix="bench", max_age_seconds=7200, limits=DEFAULT_LIMITS)
     population = [new_connection_id() for _ in range(EVENT_POPULATION)]
     for connection_id in population:
         registry.add(connection_id, now_ms)
@@ -71,9 +74,14 @@ def event_costs(server: RedisServer) -> list[Figure]:
         return {
             "connect": (lambda: registry.add(newcomer, now_ms), lambda: client.sadd(REFERENCE_KEY, newcomer)),
             "disconnect": (lambda: registry.remove(newcomer), lambda: client.srem(REFERENCE_KEY, newcomer)),
-            f"publish to {EVENT_POPULATION}": (registry.snapshot, lambda: client.smembers(REFERENCE_KEY)),
+            f"publish to {EVENT_POPULATION}": (
+                lambda: registry.begin_publish(population[0], now_ms, include_sender=False),
+                lambda: client.smembers(REFERENCE_KEY),
+            ),
         }
 
+    for ours, _ in events(registry, client).values():
+        ours()  # warm, as a container is after its first event: scripts loaded, connection open
     figures = []
     log = CommandLog(server)
     try:
@@ -94,7 +102,7 @@ def event_costs(server: RedisServer) -> list[Figure]:
     client = redis.Redis(port=proxy.port, decode_responses=True)
     client.ping()
     for name, (ours, reference) in events(
-        ConnectionRegistry(client, key=KEY, max_age_seconds=7200), client
+        ConnectionRegistry(client, prefix="bench", max_age_seconds=7200, limits=DEFAULT_LIMITS), client
     ).items():
         proxy.since_last()
         ours()
@@ -110,15 +118,21 @@ def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
     client.flushall()
     ids = [new_connection_id() for _ in range(population)]
     now_ms = int(time.time() * 1000)
-    registry = ConnectionRegistry(client, key=KEY, max_age_seconds=7200)
+    registry = ConnectionRegistry(client, prefix="bench", max_age_seconds=7200)
 
     def used_memory() -> int:
         return client.info("memory")["used_memory"]
 
-    empty = used_memory()
-    for connection_id in ids:
-        registry.add(connection_id, now_ms)
-    ours_bytes = (used_memory() - empty) / population
+    def memory_per_connection(principal) -> float:
+        client.flushall()
+        empty = used_memory()
+        for connection_id in ids:
+            registry.add(connection_id, now_ms, principal())
+        return (used_memory() - empty) / population
+
+    ours_bytes = memory_per_connection(lambda: None)
+    # A Cognito user pool's sub is a UUID: 36 characters kept beside each connection.
+    with_principal_bytes = memory_per_connection(lambda: str(uuid.uuid4()))
     client.flushall()
     empty = used_memory()
     pipeline = client.pipeline(transaction=False)
@@ -135,7 +149,16 @@ def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
             reference_bytes,
             "bare set",
             "<= 1.5",
-        )
+        ),
+        Figure(
+            "redis memory",
+            f"{population:,} connections with principal",
+            "B/conn",
+            with_principal_bytes,
+            reference_bytes,
+            "bare set",
+            "<= 1.5",
+        ),
     ]
     if population >= 100_000:
         for connection_id in ids:
@@ -155,7 +178,7 @@ def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
                 "registry read",
                 f"{population:,} connections",
                 "ms",
-                median_ms(lambda: registry.snapshot().live),
+                median_ms(lambda: registry.begin_publish(ids[0], now_ms, include_sender=False).live),
                 median_ms(lambda: client.smembers(REFERENCE_KEY)),
                 "SMEMBERS",
             )

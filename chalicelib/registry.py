@@ -2,7 +2,7 @@
 
 Data model, all keys under one cluster hash tag ``{PREFIX}`` (one slot, so one script sees them all):
 
-    {PREFIX}:connections   hash: connection id -> "connectedAt" or "connectedAt:principal"
+    {PREFIX}:connections   hash: connection id -> "connectedAt" or "connectedAt:principal key"
     {PREFIX}:rate:<id>     hash: the sender's token bucket (tokens, at); expires once full again
     {PREFIX}:posts         hash: the whole API's post budget (tokens, at)
 
@@ -21,6 +21,10 @@ it is removed by the next publish, by the random sampling on connect, and with t
 no connection has arrived for ``max_age_seconds``. The hash therefore stays near the number of live
 connections, whatever the traffic.
 
+The principal key is an 8-byte BLAKE2b digest of the token's ``sub`` (11 characters): a Cognito
+``sub`` is a 36-character UUID, which would make an entry 1.7 times a bare set's; the digest keeps it
+at 1.3 and still names the user for anything that acts per user (compute it from a ``sub``).
+
 Redis can lose its data (a cache node replaced without a replica, a failover that drops the last
 writes). Every message and ping a connection sends re-registers it if it is missing (HSETNX: an
 existing entry, and its principal, are left alone), so a live connection is back in the registry
@@ -33,6 +37,8 @@ that later publishes wait for, so the average stays at ``MAX_POSTS_PER_SECOND``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -232,7 +238,8 @@ class ConnectionRegistry:
     def add(self, connection_id: str, connected_at_ms: int, principal: str | None = None) -> None:
         """Register a connection; ``connected_at_ms`` is API Gateway's ``connectedAt``."""
         _check(connection_id)
-        value = f"{connected_at_ms // 1000}:{principal}" if principal else str(connected_at_ms // 1000)
+        seconds = connected_at_ms // 1000
+        value = f"{seconds}:{principal_key(principal)}" if principal else str(seconds)
         with _unavailable_on_error():
             self._register(
                 keys=[self._key],
@@ -302,6 +309,12 @@ class ConnectionRegistry:
     def _stale_cutoff(self) -> int:
         """An entry connected at or before this second has reached the maximum age."""
         return int(self._clock()) - self._max_age_seconds
+
+
+def principal_key(principal: str) -> str:
+    """What the registry keeps of a principal (``sub``): short, fixed-size, and the same for every token."""
+    digest = hashlib.blake2b(principal.encode(), digest_size=8).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def registry_key(prefix: str) -> str:

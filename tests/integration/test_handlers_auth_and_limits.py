@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from chalicelib import envelope
-from chalicelib.registry import registry_key
+from chalicelib.registry import principal_key, registry_key
 from tests.support.apigw_events import Connection
 from tests.support.gateway_driver import GatewayDriver
 from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
@@ -84,7 +84,7 @@ def test_the_principal_is_kept_with_the_connection(jwt_stage, gateway, redis_ser
     stored = redis.Redis.from_url(redis_server.url, decode_responses=True).hget(
         registry_key(os.environ["REDIS_KEY_PREFIX"]), connection.connection_id
     )
-    assert stored.endswith(":alice")
+    assert stored.endswith(":" + principal_key("alice"))
 
 
 def test_a_sender_over_its_rate_gets_one_error_saying_when_to_send_again(

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.registry import ConnectionRegistry, Limits, OverCapacity, RateLimited, registry_key
+from chalicelib.registry import (
+    ConnectionRegistry,
+    Limits,
+    OverCapacity,
+    RateLimited,
+    principal_key,
+    registry_key,
+)
 
 NOW = 1_795_654_173.0
 SENDER = "SSSSSSSSSSSSSSS="
@@ -154,4 +161,7 @@ def test_re_registering_keeps_an_existing_entry_and_its_principal(redis_client, 
     registry = registry_with(redis_client, clock)
     registry.add("LLLLLLLLLLLLLLL=", int(NOW * 1000), principal="listener")
     registry.touch("LLLLLLLLLLLLLLL=", int(NOW * 1000) + 5000)
-    assert redis_client.hget(registry_key("limits"), "LLLLLLLLLLLLLLL=") == f"{int(NOW)}:listener"
+    assert (
+        redis_client.hget(registry_key("limits"), "LLLLLLLLLLLLLLL=")
+        == f"{int(NOW)}:{principal_key('listener')}"
+    )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from chalicelib.registry import ConnectionRegistry, InvalidConnectionId, registry_key
+from chalicelib.registry import ConnectionRegistry, InvalidConnectionId, principal_key, registry_key
 
 KEY = registry_key("test")
 MAX_AGE = 7200
@@ -51,7 +51,11 @@ def test_removing_an_unknown_connection_is_harmless(registry, redis_client):
 def test_the_principal_is_kept_with_the_connection(registry, redis_client):
     registry.add("AAAAAAAAAAAAAAA=", NOW * 1000, principal="user-1")
     registry.add("BBBBBBBBBBBBBBB=", NOW * 1000)
-    assert redis_client.hgetall(KEY) == {"AAAAAAAAAAAAAAA=": f"{NOW}:user-1", "BBBBBBBBBBBBBBB=": str(NOW)}
+    assert redis_client.hgetall(KEY) == {
+        "AAAAAAAAAAAAAAA=": f"{NOW}:{principal_key('user-1')}",
+        "BBBBBBBBBBBBBBB=": str(NOW),
+    }
+    assert len(principal_key("d3b07384-d9a0-4c9b-8c3e-6f1b2a7e9c10")) == 11
 
 
 def test_a_connection_is_never_a_recipient_once_it_reaches_the_maximum_age(registry, clock):
