@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -164,3 +165,20 @@ def test_after_redis_loses_its_data_a_silent_listener_heals_with_its_keepalive(
     management_api.wait_for(listener.connection_id, 1)
     gateway.send(sender, {"type": 2})
     assert management_api.wait_for(listener.connection_id, 2)[1]["type"] == 2
+
+
+def test_a_mass_disconnect_leaves_the_registry_exact(gateway, redis_server):
+    # GIVEN 300 connections, and more handlers at once than the container's Redis pool holds (as the
+    # local gateway runs them: Lambda runs one per container)
+    connections = [gateway.connect()[0] for _ in range(300)]
+    key = registry_key(os.environ["REDIS_KEY_PREFIX"])
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert client.hlen(key) == 300
+    # WHEN they all disconnect at once, 128 handlers in flight, while Redis holds writes for a moment
+    # (so that every handler holds its Redis connection at the same time)
+    client.execute_command("CLIENT", "PAUSE", 500, "WRITE")
+    with ThreadPoolExecutor(max_workers=128) as pool:
+        statuses = list(pool.map(lambda c: gateway.disconnect(c)["statusCode"], connections))
+    # THEN every $disconnect succeeded (callers waited for a free connection) and nothing is left
+    assert statuses == [200] * 300
+    assert client.hlen(key) == 0
