@@ -13,7 +13,8 @@ import sys
 import time
 import uuid
 
-from bench.common import REPO, Figure, use_dummy_aws
+from bench.common import REPO, Figure
+from testing.aws import use_dummy_aws
 
 RECIPIENTS = 1000
 REPEATS = 7
@@ -48,8 +49,8 @@ def run(tmp_dir) -> list[Figure]:
     from botocore.config import Config
 
     from chalicelib.fanout import Fanout
-    from tests.support.apigw_events import Connection
-    from tests.support.lambda_context import LambdaContext
+    from testing.apigw import Connection
+    from testing.lambda_context import LambdaContext
     from tests.support.redis_server import RedisServer
 
     server = subprocess.Popen(

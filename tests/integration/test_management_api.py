@@ -2,16 +2,21 @@
 
 import ssl
 import threading
+import time
 
 import boto3
 import pytest
 from botocore.credentials import RefreshableCredentials
 
 from chalicelib.management_api import DeliveryError, Gone, ManagementApi, Throttled
-from tests.support.management_api_server import ManagementApiServer
+from testing.management_api import ManagementApiServer
 from tests.support.tls import make_certificates
 
 CONNECTION = "CkxQ5cLSIAMCJbw="
+
+
+def far() -> float:
+    return time.monotonic() + 30
 
 
 @pytest.fixture
@@ -44,7 +49,7 @@ def test_a_wrong_secret_is_refused(management_api):
 
 def test_refreshed_credentials_are_used_once_the_old_ones_expire(management_api):
     # GIVEN credentials that expire at once, as a Lambda role's session credentials eventually do
-    management_api.secrets["rotated"] = "rotated-secret"
+    management_api.keys["rotated"] = ("rotated-secret", "t2")
     management_api.open(CONNECTION)
     refreshed = []
 
@@ -151,8 +156,8 @@ def test_post_many_keeps_one_connection_per_post_in_flight_and_reports_each_outc
     management_api.throttle("throttledconn01", 1)
     ids = ["openconnection1", "goneconnection1", "openconnection2", "throttledconn01"]
     # WHEN one thread posts to all of them at once, twice
-    first = client.post_many(ids, b'{"n": 1}')
-    second = client.post_many(ids, b'{"n": 2}')
+    first = client.post_many(ids, b'{"n": 1}', far())
+    second = client.post_many(ids, b'{"n": 2}', far())
     # THEN each outcome is its own, in order, over four kept-alive connections
     assert [type(outcome).__name__ for outcome in first] == ["NoneType", "Gone", "NoneType", "Throttled"]
     assert [type(outcome).__name__ for outcome in second] == ["NoneType", "Gone", "NoneType", "NoneType"]
@@ -167,6 +172,6 @@ def test_post_many_survives_every_way_a_server_ends_a_response(management_api, c
         management_api.open(connection_id)
     management_api.response_style = style
     for number in range(3):
-        outcomes = client.post_many(["openconnection1", "openconnection2"], b'{"n": %d}' % number)
+        outcomes = client.post_many(["openconnection1", "openconnection2"], b'{"n": %d}' % number, far())
         assert outcomes == [None, None]
     assert management_api.received("openconnection2") == [{"n": 0}, {"n": 1}, {"n": 2}]
