@@ -291,7 +291,9 @@ class _Dialer:
         """A connected urllib3 connection: TCP, the proxy's CONNECT tunnel, TLS with verification."""
         timeout = min(CONNECT_TIMEOUT_SECONDS, _time_left(deadline))
         options = [*urllib3.connection.HTTPConnection.default_socket_options]
-        host, port = (self.proxy.host, self.proxy.port_or_default) if self.proxy else (self.host, self.port)
+        host, port = (self.host, self.port)
+        if self.proxy:
+            host, port = self.proxy.host, self.proxy.port or {"http": 80, "https": 443}[self.proxy.scheme]
         if self.https:
             connection = urllib3.connection.HTTPSConnection(
                 host,

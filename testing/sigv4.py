@@ -86,8 +86,9 @@ def signature_problem(
 
 
 def _request(method: str, url: str, headers, body: bytes, match: re.Match) -> AWSRequest:
+    lowered = {name.lower(): value for name, value in headers.items()}
     signed = match["signed"].split(";")
-    request = AWSRequest(method=method, url=url, data=body, headers={name: headers[name] for name in signed})
+    request = AWSRequest(method=method, url=url, data=body, headers={name: lowered[name] for name in signed})
     request.context["timestamp"] = headers["X-Amz-Date"]
     return request
 

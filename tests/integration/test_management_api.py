@@ -1,6 +1,5 @@
 """The Management API client: signed as boto3 signs, keep-alive, and every failure mapped."""
 
-import ssl
 import threading
 import time
 
@@ -9,8 +8,6 @@ import pytest
 from botocore.credentials import RefreshableCredentials
 
 from chalicelib.management_api import DeliveryError, Gone, ManagementApi, Throttled
-from testing.management_api import ManagementApiServer
-from tests.support.tls import make_certificates
 
 CONNECTION = "CkxQ5cLSIAMCJbw="
 
@@ -94,13 +91,6 @@ def test_failures_are_mapped_by_status(management_api, client, status, kind):
     assert caught.value.status == status
 
 
-def test_an_unreachable_endpoint_is_a_delivery_error():
-    client = ManagementApi(boto3.session.Session(), "http://127.0.0.1:9/api", region="us-east-1")
-    with pytest.raises(DeliveryError) as caught:
-        client.post(CONNECTION, b"{}")
-    assert caught.value.status is None
-
-
 def test_one_thread_reuses_one_connection(management_api, client):
     for _ in range(20):
         client.post(CONNECTION, b"{}")
@@ -127,25 +117,6 @@ def test_every_way_a_server_ends_a_response_is_handled(management_api, client, s
     assert management_api.received(CONNECTION) == [{"n": 0}, {"n": 1}, {"n": 2}]
     with pytest.raises(Gone):
         client.post("unknownconnection", b"{}")
-
-
-def test_https_endpoints_are_verified_against_the_ca_bundle(tmp_path, monkeypatch):
-    tls = make_certificates(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls.server_cert, tls.server_key)
-    with ManagementApiServer(tls=context) as server:
-        server.open(CONNECTION)
-        # WHEN the certificate is not trusted THEN nothing is sent
-        with pytest.raises(DeliveryError):
-            ManagementApi(boto3.session.Session(), server.endpoint, region="us-east-1").post(
-                CONNECTION, b"{}"
-            )
-        # WHEN botocore's AWS_CA_BUNDLE trusts it THEN the post goes through over TLS
-        monkeypatch.setenv("AWS_CA_BUNDLE", str(tls.ca_cert))
-        ManagementApi(boto3.session.Session(), server.endpoint, region="us-east-1").post(
-            CONNECTION, b'{"tls": true}'
-        )
-        assert server.received(CONNECTION) == [{"tls": True}]
 
 
 def test_post_many_keeps_one_connection_per_post_in_flight_and_reports_each_outcome(management_api, client):
