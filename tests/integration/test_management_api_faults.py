@@ -48,10 +48,10 @@ def tls(tmp_path):
 
 def test_a_server_that_never_answers_fails_the_post_at_its_deadline():
     # GIVEN a server that reads the request and never answers
-    with RawServer(lambda peer: (peer.read_request(), peer.wait_for_client_close())) as server:
-        # WHEN a post's deadline passes THEN it fails with no answer instead of waiting on
-        with pytest.raises(DeliveryError) as caught:
-            client_for(server.endpoint()).post(CONNECTION, PAYLOAD, deadline=soon())
+    stalled = RawServer(lambda peer: (peer.read_request(), peer.wait_for_client_close()))
+    # WHEN a post's deadline passes THEN it fails with no answer instead of waiting on
+    with stalled as server, pytest.raises(DeliveryError) as caught:
+        client_for(server.endpoint()).post(CONNECTION, PAYLOAD, deadline=soon())
     assert (caught.value.status, caught.value.reason, caught.value.retryable) == (None, "TimeoutError", False)
 
 
@@ -68,10 +68,9 @@ def test_a_server_that_trickles_is_cut_off_by_the_whole_answers_timeout(monkeypa
 
     monkeypatch.setattr(management_api, "READ_TIMEOUT_SECONDS", 0.5)
     try:
-        with RawServer(trickle) as server:
-            # WHEN a post waits for that answer, with its deadline far away
-            with pytest.raises(DeliveryError) as caught:
-                client_for(server.endpoint()).post(CONNECTION, PAYLOAD, deadline=far())
+        # WHEN a post waits for that answer, with its deadline far away
+        with RawServer(trickle) as server, pytest.raises(DeliveryError) as caught:
+            client_for(server.endpoint()).post(CONNECTION, PAYLOAD, deadline=far())
     finally:
         stop.set()
     # THEN the answer's own timeout counts the whole answer, not each read, and ends it
@@ -106,9 +105,9 @@ def test_answers_without_a_length_are_settled_by_their_status_at_once(answer, de
     ("status", "retryable"), [(429, True), (500, False), (502, True), (503, True), (504, False)]
 )
 def test_5xx_and_429_say_whether_sending_again_is_safe(status, retryable):
-    with RawServer(serve_forever(lambda peer, request: peer.answer(status, "X"))) as server:
-        with pytest.raises(DeliveryError) as caught:
-            client_for(server.endpoint()).post(CONNECTION, PAYLOAD)
+    answering = RawServer(serve_forever(lambda peer, request: peer.answer(status, "X")))
+    with answering as server, pytest.raises(DeliveryError) as caught:
+        client_for(server.endpoint()).post(CONNECTION, PAYLOAD)
     assert (caught.value.status, caught.value.retryable) == (status, retryable)
 
 
@@ -183,9 +182,9 @@ def test_a_reset_in_answer_to_a_request_on_a_stale_connection_is_sent_once_more(
 
 def test_a_reset_on_a_new_connection_is_not_sent_again():
     # A new connection has no idle race to lose: a reset there may follow a delivery, so no resend.
-    with RawServer(lambda peer: (peer.read_request(), peer.close_with_rst())) as server:
-        with pytest.raises(DeliveryError) as caught:
-            client_for(server.endpoint()).post(CONNECTION, PAYLOAD)
+    resetting = RawServer(lambda peer: (peer.read_request(), peer.close_with_rst()))
+    with resetting as server, pytest.raises(DeliveryError) as caught:
+        client_for(server.endpoint()).post(CONNECTION, PAYLOAD)
     assert caught.value.status is None
     assert len(server.requests) == 1
 
