@@ -6,8 +6,10 @@ python -m bench [NAME ...]     (names: cpu, connect, redis, coldstart, fanout; d
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench import common
@@ -29,11 +31,15 @@ def main() -> None:
     unknown = sorted(set(names) - set(suites))
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(suites)}")
-    figures = []
+    figures, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             started = time.monotonic()
-            figures += suites[name](Path(tmp))
+            try:
+                figures += suites[name](Path(tmp))
+            except Exception as error:  # one failed benchmark must not hide the others' figures
+                traceback.print_exc()
+                failed.append(f"{name}: {type(error).__name__}: {error}")
             print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)
     print()
     common.print_table(figures)
@@ -41,6 +47,9 @@ def main() -> None:
         figures, "latest", {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     )
     print(f"\nfigures written to {path.relative_to(common.REPO)}")
+    if failed:
+        print("\nbench: FAILED\n" + "\n".join(f"  {line}" for line in failed), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from testing.aws import DUMMY_AWS_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 
-# Never real AWS: dummy credentials, no shared config, no instance metadata.
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
-def use_dummy_aws() -> None:
-    os.environ.update(AWS_ENV)
-    os.environ.pop("AWS_PROFILE", None)
+# Never real AWS: the dummy environment every fake shares.
+AWS_ENV = DUMMY_AWS_ENV
 
 
 @dataclass

@@ -19,9 +19,9 @@ ROUNDS = 5
 
 def run(tmp_dir) -> list[Figure]:
     use_dummy_aws()
-    from tests.support.apigw_events import Connection
+    from testing.apigw import Connection
+    from testing.lambda_context import LambdaContext
     from tests.support.identity_provider import AUDIENCE, ISSUER, IdentityProvider
-    from tests.support.lambda_context import LambdaContext
     from tests.support.redis_server import RedisServer
 
     server = RedisServer(tmp_dir / "connect-cpu")
@@ -51,11 +51,9 @@ def run(tmp_dir) -> list[Figure]:
                         os.environ.pop(name, None)
                     os.environ.update(env)
                     app.broadcaster.cache_clear()
-                    events = []
-                    for _ in range(CONNECTS + 1):
-                        event = Connection().connect_event()
-                        event["headers"].update(headers)
-                        events.append(event)
+                    events = [
+                        Connection().connect_event(headers=list(headers.items())) for _ in range(CONNECTS + 1)
+                    ]
                     assert app.connect(events[0], LambdaContext())["statusCode"] == 200  # cold: fetches keys
                     started = process_cpu_seconds()
                     for event in events[1:]:

@@ -6,7 +6,7 @@ Prints its endpoint on the first line of standard output, then serves until kill
 import sys
 import threading
 
-from tests.support.management_api_server import ManagementApiServer
+from testing.management_api import ManagementApiServer
 
 if __name__ == "__main__":
     with ManagementApiServer(accept_any_connection=True) as server:

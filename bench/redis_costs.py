@@ -17,7 +17,7 @@ import redis
 
 from bench.common import Figure
 from chalicelib.registry import ConnectionRegistry, Limits, registry_key
-from tests.support.apigw_events import new_connection_id
+from testing.apigw import new_id as new_connection_id
 from tests.support.command_log import CommandLog
 from tests.support.redis_server import RedisServer
 

@@ -1,11 +1,13 @@
 """Concurrent delivery of one payload to many connections, within a deadline.
 
-``workers`` posts are in flight at once. They are carried by a few threads (created once per
-container), each taking a batch of up to ``POSTS_PER_THREAD`` recipients from a shared queue and
-posting them together: one thread per post would spend its CPU handing the interpreter lock around.
-Each recipient's outcome is counted, never raised: one failure never fails the publish. 429 is
-retried with full-jitter exponential backoff while the deadline allows; 410 is reported as gone so
-the caller can forget those connections in one batch. This module knows nothing of Redis.
+``posts_in_flight`` posts (``FANOUT_WORKERS``) are in flight at once. They are carried by a few
+threads (created once per container), each taking a batch of up to ``POSTS_PER_THREAD`` recipients
+from a shared queue and posting them together: one thread per post would spend its CPU handing the
+interpreter lock around (bench/README.md). Each recipient's outcome is counted, never raised: one
+failure never fails the publish. A retryable failure (429, 502, 503, a failed dial) is posted again
+alone with full-jitter exponential backoff while the deadline allows; 410 is reported as gone so the
+caller can forget those connections in one batch. The poster bounds every post by the deadline, so
+when ``deliver`` returns no post is still running. This module knows nothing of Redis.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from chalicelib.management_api import DeliveryError, Gone, Throttled
+from chalicelib.management_api import DeliveryError, Gone
 
-# Posts one payload to each connection id at once; returns each one's failure, or None where delivered.
-PostMany = Callable[[Sequence[str], bytes], list[DeliveryError | None]]
+# Posts one payload to each connection id at once, none past the deadline (a ``time.monotonic()``
+# value); returns each one's failure, or None where delivered.
+PostMany = Callable[[Sequence[str], bytes, float], list[DeliveryError | None]]
 
 DEADLINE_EXCEEDED = "deadline exceeded"
 _GONE = "gone"  # the outcome of a 410; every other failure's outcome is its status and reason
-# Measured with 64 posts in flight: 0.25 ms of CPU each on 64 threads, 0.17 ms on 16 threads of 4 and
-# 0.19 ms on 8 threads of 8 (a prototype); bench/ then gave 0.15 ms with 16 of 4, against 0.20-0.26.
+# Chosen by measurement against 1 and 8 (bench/README.md).
 POSTS_PER_THREAD = 4
+# How long ``deliver`` waits past the deadline for posts to notice it (each is bounded by it).
+_DEADLINE_GRACE_SECONDS = 0.5
 
 
 @dataclass
@@ -43,17 +47,18 @@ class DeliveryReport:
 class Fanout:
     def __init__(
         self,
-        workers: int,
+        posts_in_flight: int,
         *,
         max_attempts: int = 5,
         backoff_base_seconds: float = 0.05,
         backoff_cap_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.workers = workers
-        threads = math.ceil(workers / POSTS_PER_THREAD)
-        # Batch sizes that add up to exactly ``workers`` posts in flight (64 workers: 16 threads of 4).
-        self._batch_sizes = [workers // threads + (index < workers % threads) for index in range(threads)]
+        threads = math.ceil(posts_in_flight / POSTS_PER_THREAD)
+        # Batch sizes that add up to exactly ``posts_in_flight`` (64: 16 threads of 4).
+        self._batch_sizes = [
+            posts_in_flight // threads + (index < posts_in_flight % threads) for index in range(threads)
+        ]
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fanout")
         self._max_attempts = max_attempts
         self._backoff_base_seconds = backoff_base_seconds
@@ -71,9 +76,8 @@ class Fanout:
             self._pool.submit(self._drain, delivery, post_many, payload, deadline, batch_size)
             for batch_size in batch_sizes
         ]
-        _, unfinished = wait(futures, timeout=max(0.0, deadline - self._clock()))
-        if unfinished:
-            delivery.over.set()
+        wait(futures, timeout=max(0.0, deadline - self._clock()) + _DEADLINE_GRACE_SECONDS)
+        delivery.over.set()  # a poster that ignored the deadline takes no more recipients
         report = delivery.report()
         report.elapsed_ms = (self._clock() - started) * 1000
         return report
@@ -85,8 +89,8 @@ class Fanout:
             batch = delivery.take(batch_size)
             if not batch:
                 return
-            for connection_id, failure in zip(batch, post_many(batch, payload), strict=True):
-                if isinstance(failure, Throttled):
+            for connection_id, failure in zip(batch, post_many(batch, payload, deadline), strict=True):
+                if failure is not None and failure.retryable:
                     outcome = self._retry(delivery, post_many, connection_id, payload, deadline, failure)
                 else:
                     outcome = _outcome(failure)
@@ -99,9 +103,9 @@ class Fanout:
         connection_id: str,
         payload: bytes,
         deadline: float,
-        throttled: Throttled,
+        failure: DeliveryError,
     ) -> str | None:
-        """Post a throttled recipient again, alone, with backoff; return its final outcome."""
+        """Post a recipient again, alone, with backoff, while its failure is retryable; its final outcome."""
         attempts = 1
         while attempts < self._max_attempts:
             cap = min(self._backoff_cap_seconds, self._backoff_base_seconds * 2**attempts)
@@ -111,12 +115,11 @@ class Fanout:
             # Wakes at once when the publish is over, so no worker outlives its deadline asleep.
             if delivery.over.wait(backoff):
                 return DEADLINE_EXCEEDED
-            (failure,) = post_many([connection_id], payload)
+            (failure,) = post_many([connection_id], payload, deadline)
             attempts += 1
-            if not isinstance(failure, Throttled):
+            if failure is None or not failure.retryable:
                 return _outcome(failure)
-            throttled = failure
-        return f"{throttled.status} {throttled.reason} after {attempts} attempts"
+        return f"{_outcome(failure)} after {attempts} attempts"
 
 
 def _outcome(failure: DeliveryError | None) -> str | None:

@@ -10,7 +10,9 @@ password of ``user_id`` (AUTH/HELLO). ElastiCache checks the signature and the r
 A token is valid for 15 minutes (``TOKEN_LIFETIME_SECONDS``) to *open* a connection; an open
 connection stays authenticated (ElastiCache closes IAM connections after 12 hours, and redis-py
 then reconnects with a fresh token). The provider caches a token and signs a new one
-``TOKEN_REFRESH_MARGIN_SECONDS`` before expiry, so a connection burst costs one signature.
+``TOKEN_REFRESH_MARGIN_SECONDS`` before expiry, so a connection burst costs one signature. The cache
+is timed on the wall clock, as the token's own X-Amz-Date is: Lambda's monotonic clock stands still
+while a container is frozen between invocations, and would hand out an expired token after a pause.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class IamTokenProvider(CredentialProvider):
     """redis-py credential provider yielding ``(user_id, token)`` for ElastiCache IAM authentication.
 
     ``session`` is a boto3 or botocore session (anything with ``get_credentials()``); credentials are
-    read at every signature, so a rotated role session is picked up. ``clock`` returns monotonic
-    seconds and exists for tests.
+    read at every signature, so a rotated role session is picked up. ``clock`` returns wall-clock
+    seconds (``time.time`` by default) and exists for tests.
     """
 
     def __init__(
@@ -57,13 +59,13 @@ class IamTokenProvider(CredentialProvider):
         cache_name: str,
         region: str,
         session: Any,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.user_id = user_id
         self.cache_name = cache_name
         self.region = region
         self._session = session
-        self._clock = clock
+        self._clock = clock or time.time
         self._lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0

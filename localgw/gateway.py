@@ -14,7 +14,8 @@ Behaviour copied from API Gateway:
 - Limits: a message over the limit closes with 1009, a binary frame with 1003; idle time and connection
   age close with 1001. Each close fires ``$disconnect`` with the code and reason.
 - Management API: POST (200; 410; 413), GET (200 JSON; 410), DELETE (204, fires ``$disconnect``; 410).
-  A request without a SigV4 ``Authorization`` header gets 403 as on AWS (the signature is not checked).
+  A request without a SigV4 ``Authorization`` header gets 403 as on AWS (its form is checked, as
+  ``testing.sigv4`` checks it; the signature is not: the gateway does not know the app's secret).
 """
 
 from __future__ import annotations
@@ -30,16 +31,18 @@ from datetime import UTC, datetime
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from localgw import events
 from localgw.lambdaenv import HandlerError, LambdaFunction, status_of
+from testing import apigw as events
+from testing.apigw import (
+    API_GATEWAY_IDLE_TIMEOUT_SECONDS,
+    API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS,
+    API_GATEWAY_MAX_CONNECTION_SECONDS,
+    API_GATEWAY_MAX_MESSAGE_BYTES,
+)
+from testing.sigv4 import authorization_problem
 
 # Runs a function on an event within a timeout, elsewhere (the runtime process); resolves to its response.
 Invoke = Callable[..., Future]
-
-API_GATEWAY_MAX_MESSAGE_BYTES = 128 * 1024
-API_GATEWAY_IDLE_TIMEOUT_SECONDS = 600
-API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
-API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS = 29
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -357,7 +360,7 @@ class Gateway:
         """The open connection a Management API call names, or the logged error response to send."""
         failure = None
         connection = self.connections.get(request.match_info["connection_id"])
-        if not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256"):
+        if authorization_problem(request.headers) is not None:
             failure = _error(403, "ForbiddenException", "Missing Authentication Token")
         elif connection is None or not connection.open:
             failure = _error(410, "GoneException", None)

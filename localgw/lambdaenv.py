@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-FAKE_ACCOUNT_ID = "123456789012"
+from testing.lambda_context import LambdaContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,28 +28,6 @@ class LambdaFunction:
     region: str
 
 
-class LambdaContext:
-    """The attributes and method Python Lambda handlers use on their ``context`` argument."""
-
-    function_version = "$LATEST"
-
-    def __init__(self, function: LambdaFunction, *, deadline_monotonic: float) -> None:
-        self.aws_request_id = str(uuid.uuid4())
-        self.function_name = function.function_name
-        self.memory_limit_in_mb = str(function.memory_mb)  # Lambda gives a string here
-        self.invoked_function_arn = (
-            f"arn:aws:lambda:{function.region}:{FAKE_ACCOUNT_ID}:function:{function.function_name}"
-        )
-        self.log_group_name = f"/aws/lambda/{function.function_name}"
-        self.log_stream_name = time.strftime("%Y/%m/%d/[$LATEST]", time.gmtime()) + uuid.uuid4().hex
-        self.identity = None
-        self.client_context = None
-        self._deadline = deadline_monotonic
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
 class HandlerError(Exception):
     """The handler raised, or returned something Lambda could not serialize."""
 
@@ -62,7 +38,9 @@ def invoke(function: LambdaFunction, event: dict, *, timeout_seconds: float) -> 
     Lambda hands the handler a freshly decoded event and serializes what it returns; doing the same here
     keeps a handler from sharing state with the gateway and surfaces unserializable responses.
     """
-    context = LambdaContext(function, deadline_monotonic=time.monotonic() + timeout_seconds)
+    context = LambdaContext(
+        function.function_name, timeout_seconds, memory_mb=function.memory_mb, region=function.region
+    )
     payload = json.loads(json.dumps(event))
     try:
         response = function.handler(payload, context)

@@ -23,8 +23,8 @@ from pathlib import Path
 from chalice.config import Config
 from chalice.constants import DEFAULT_LAMBDA_MEMORY_SIZE, DEFAULT_LAMBDA_TIMEOUT
 
-from localgw.events import ROUTE_CONNECT, ROUTE_DEFAULT, ROUTE_DISCONNECT
 from localgw.lambdaenv import LambdaFunction
+from testing.apigw import ROUTE_CONNECT, ROUTE_DEFAULT, ROUTE_DISCONNECT
 
 # The function (resource) names Chalice's app graph gives the WebSocket handlers, by route.
 FUNCTION_NAMES = {

@@ -12,22 +12,14 @@ import pytest
 import redis
 
 from chalicelib.log import JsonFormatter, logger
-from tests.support.management_api_server import ManagementApiServer
+from testing.aws import use_dummy_aws
+from testing.management_api import ManagementApiServer
 from tests.support.redis_server import RedisServer
 
 # Dummy credentials, and no shared config or instance metadata: nothing can reach real AWS.
-os.environ.update(
-    AWS_ACCESS_KEY_ID="testing",
-    AWS_SECRET_ACCESS_KEY="testing",
-    AWS_SESSION_TOKEN="testing",
-    AWS_DEFAULT_REGION="us-east-1",
-    AWS_CONFIG_FILE=os.devnull,
-    AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    AWS_EC2_METADATA_DISABLED="true",
-    # The app refuses to start without an explicit AUTH_MODE; tests of authentication set jwt.
-    AUTH_MODE="none",
-)
-os.environ.pop("AWS_PROFILE", None)
+use_dummy_aws()
+# The app refuses to start without an explicit AUTH_MODE; tests of authentication set jwt.
+os.environ["AUTH_MODE"] = "none"
 
 
 @pytest.fixture(scope="session")

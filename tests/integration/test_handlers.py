@@ -10,8 +10,8 @@ from chalicelib import envelope
 from chalicelib.management_api import endpoint_url
 from chalicelib.registry import registry_key
 from chalicelib.settings import Settings, SettingsError
-from tests.support.apigw_events import Connection
-from tests.support.lambda_context import LambdaContext
+from testing.apigw import Connection
+from testing.lambda_context import LambdaContext
 
 REFERENCE_MESSAGE = '{ "echo": false, "type": 99, "data": "data to publish" }'
 

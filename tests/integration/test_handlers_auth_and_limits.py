@@ -8,16 +8,17 @@ from __future__ import annotations
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
 
 import pytest
 import redis
 
 from chalicelib import envelope
 from chalicelib.registry import principal_key, registry_key
-from tests.support.apigw_events import Connection
+from testing.apigw import Connection
+from testing.lambda_context import LambdaContext
 from tests.support.gateway_driver import GatewayDriver
 from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
-from tests.support.lambda_context import LambdaContext
 
 
 @pytest.fixture
@@ -32,12 +33,9 @@ def jwt_stage(monkeypatch):
 
 def connect_with(gateway: GatewayDriver, headers: dict | None = None, query: dict | None = None):
     connection = Connection()
-    event = connection.connect_event()
-    event["headers"].update(headers or {})
-    event["multiValueHeaders"].update({name: [value] for name, value in (headers or {}).items()})
-    if query is not None:
-        event["queryStringParameters"] = query
-        event["multiValueQueryStringParameters"] = {name: [value] for name, value in query.items()}
+    event = connection.connect_event(
+        headers=list((headers or {}).items()), query_string=urlencode(query or {})
+    )
     response = gateway.app.connect(event, LambdaContext())
     if response["statusCode"] == 200:
         gateway.management_api.open(connection.connection_id)

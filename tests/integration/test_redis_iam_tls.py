@@ -254,6 +254,22 @@ def test_token_is_cached_until_shortly_before_expiry():
     assert len(signed) == 2
 
 
+def test_a_token_cached_before_a_frozen_pause_is_not_handed_out_past_its_life(monkeypatch):
+    # GIVEN a container frozen for 20 minutes between invocations: Lambda's monotonic clock stood
+    # still while the wall clock (and the token's X-Amz-Date) moved on
+    wall = [1_800_000_000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    provider = IamTokenProvider(user_id=USER_ID, cache_name=CACHE_NAME, region=REGION, session=_session())
+    signed = []
+    provider.sign_token = lambda: signed.append(1) or f"token-{len(signed)}"
+    first = provider.get_credentials()
+    wall[0] += 20 * 60
+    # WHEN the next connection asks for credentials THEN a new token is signed: the old one expired
+    assert provider.get_credentials() != first
+    assert len(signed) == 2
+
+
 def test_no_provider_without_iam():
     settings = Settings.from_env(
         {"REDIS_URL": "redis://127.0.0.1:6379/0", "AWS_REGION": REGION, "AUTH_MODE": "none"}

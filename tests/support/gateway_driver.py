@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 
-from tests.support.apigw_events import Connection
-from tests.support.lambda_context import LambdaContext
-from tests.support.management_api_server import ManagementApiServer
+from testing.apigw import Connection
+from testing.lambda_context import LambdaContext
+from testing.management_api import ManagementApiServer
 
 
 class GatewayDriver:

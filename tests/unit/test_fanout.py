@@ -18,7 +18,7 @@ def far_deadline() -> float:
 def one_by_one(post):
     """A batch poster (the Management API client's contract) from a function posting one id or raising."""
 
-    def post_many(connection_ids, payload):
+    def post_many(connection_ids, payload, deadline):
         outcomes = []
         for connection_id in connection_ids:
             try:
@@ -36,13 +36,13 @@ def test_batches_are_posted_concurrently_and_add_up_to_the_worker_count():
     both_in_flight = threading.Barrier(8 // POSTS_PER_THREAD, timeout=10)
     batches = []
 
-    def post_many(connection_ids, payload):
+    def post_many(connection_ids, payload, deadline):
         batches.append(list(connection_ids))
         both_in_flight.wait()
         return [None] * len(connection_ids)
 
     # WHEN 16 recipients are served THEN every batch completes: 2 batches of 4 ran at once, twice
-    report = Fanout(workers=8).deliver(
+    report = Fanout(posts_in_flight=8).deliver(
         post_many, PAYLOAD, [f"c{i}" for i in range(16)], deadline=far_deadline()
     )
     assert report.delivered == 16
@@ -50,25 +50,28 @@ def test_batches_are_posted_concurrently_and_add_up_to_the_worker_count():
     assert sorted(c for batch in batches for c in batch) == sorted(f"c{i}" for i in range(16))
 
 
-@pytest.mark.parametrize("workers", [1, 3, 10, 64])
-def test_never_more_posts_in_flight_than_workers(workers):
+@pytest.mark.parametrize("posts_in_flight", [1, 3, 10, 64])
+def test_exactly_as_many_posts_in_flight_as_asked_never_more(posts_in_flight):
+    # GIVEN posts that stay in flight until as many as asked have been in flight at once
     in_flight, most = 0, 0
-    lock = threading.Lock()
+    changed = threading.Condition()
 
-    def post_many(connection_ids, payload):
+    def post_many(connection_ids, payload, deadline):
         nonlocal in_flight, most
-        with lock:
+        with changed:
             in_flight += len(connection_ids)
             most = max(most, in_flight)
-        with lock:
+            changed.notify_all()
+            assert changed.wait_for(lambda: most >= posts_in_flight, timeout=10), "posts never overlapped"
             in_flight -= len(connection_ids)
         return [None] * len(connection_ids)
 
-    report = Fanout(workers=workers).deliver(
+    # WHEN 300 recipients are served THEN the posts overlapped up to the bound, and never past it
+    report = Fanout(posts_in_flight=posts_in_flight).deliver(
         post_many, PAYLOAD, [f"c{i}" for i in range(300)], deadline=far_deadline()
     )
     assert report.delivered == 300
-    assert most <= workers
+    assert most == posts_in_flight
 
 
 def test_one_failure_never_fails_the_others_and_gone_ones_are_reported():
@@ -80,7 +83,7 @@ def test_one_failure_never_fails_the_others_and_gone_ones_are_reported():
         if connection_id == "broken":
             raise DeliveryError(connection_id, None, "EndpointConnectionError")
 
-    report = Fanout(workers=2).deliver(
+    report = Fanout(posts_in_flight=2).deliver(
         one_by_one(post), PAYLOAD, ["a", "gone", "big", "b", "broken"], deadline=far_deadline()
     )
     assert report.recipients == 5
@@ -96,27 +99,53 @@ def test_throttled_posts_are_retried_alone_until_they_pass():
     answers = {"a": 2, "b": 0}
     batches = []
 
-    def post_many(connection_ids, payload):
+    def post_many(connection_ids, payload, deadline):
         batches.append(list(connection_ids))
-        return one_by_one(throttle_a)(connection_ids, payload)
+        return one_by_one(throttle_a)(connection_ids, payload, deadline)
 
     def throttle_a(connection_id, payload):
         if answers[connection_id] > 0:
             answers[connection_id] -= 1
             raise Throttled(connection_id, 429, "LimitExceededException")
 
-    fanout = Fanout(workers=4, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
+    fanout = Fanout(posts_in_flight=4, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
     report = fanout.deliver(post_many, PAYLOAD, ["a", "b"], deadline=far_deadline())
     assert report.delivered == 2
     assert not report.failed
     assert batches == [["a", "b"], ["a"], ["a"]]
 
 
+@pytest.mark.parametrize(
+    ("failure", "retried"),
+    [
+        (DeliveryError("a", 502, "BadGateway", retryable=True), True),
+        (DeliveryError("a", 503, "ServiceUnavailable", retryable=True), True),
+        (DeliveryError("a", None, "NewConnectionError", retryable=True), True),
+        (DeliveryError("a", 500, "InternalServerError"), False),
+        (DeliveryError("a", 504, "GatewayTimeout"), False),
+        (DeliveryError("a", None, "TimeoutError"), False),
+    ],
+)
+def test_only_failures_that_were_not_delivered_are_posted_again(failure, retried):
+    # GIVEN a recipient whose first post fails this way, and whose second would pass
+    posts = []
+
+    def post_many(connection_ids, payload, deadline):
+        posts.append(list(connection_ids))
+        return [failure if len(posts) == 1 else None]
+
+    fanout = Fanout(posts_in_flight=1, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
+    report = fanout.deliver(post_many, PAYLOAD, ["a"], deadline=far_deadline())
+    # THEN only a failure that cannot have been delivered is posted again: never a duplicate
+    assert len(posts) == (2 if retried else 1)
+    assert report.delivered == (1 if retried else 0)
+
+
 def test_throttling_that_never_ends_is_counted_as_failed():
     def post(connection_id, payload):
         raise Throttled(connection_id, 429, "LimitExceededException")
 
-    fanout = Fanout(workers=1, max_attempts=3, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
+    fanout = Fanout(posts_in_flight=1, max_attempts=3, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
     report = fanout.deliver(one_by_one(post), PAYLOAD, ["a"], deadline=far_deadline())
     assert report.failed == {"a": "429 LimitExceededException after 3 attempts"}
 
@@ -130,7 +159,7 @@ def test_the_publish_ends_at_its_deadline_and_counts_the_unfinished():
 
     try:
         # WHEN the deadline passes THEN deliver returns and every recipient counts as failed by it
-        report = Fanout(workers=2).deliver(
+        report = Fanout(posts_in_flight=2).deliver(
             one_by_one(post), PAYLOAD, ["a", "b", "c"], deadline=time.monotonic() + 0.2
         )
     finally:
@@ -141,7 +170,7 @@ def test_the_publish_ends_at_its_deadline_and_counts_the_unfinished():
 
 @pytest.mark.parametrize("recipients", [[], ["only"]])
 def test_small_publishes(recipients):
-    report = Fanout(workers=8).deliver(
+    report = Fanout(posts_in_flight=8).deliver(
         one_by_one(lambda c, p: None), PAYLOAD, recipients, deadline=far_deadline()
     )
     assert report.delivered == len(recipients)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from localgw import events
+from testing import apigw as events
 from tests.support.apigw_events import recorded
 
 

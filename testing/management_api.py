@@ -1,9 +1,10 @@
-"""A real HTTP server speaking the API Gateway Management API, for the app's real boto3 client.
+"""A real HTTP server speaking the API Gateway Management API, for the app's client and boto3's.
 
 ``POST /{stage}/@connections/{id}`` 200, ``GET`` 200 with the connection, ``DELETE`` 204; 410 for
-an id it does not know, 413 over 128 KB, 403 for an unsigned request. Tests open connections,
-read what each one received (waiting on a condition, never sleeping) and can make a connection
-answer 429 for its next few posts.
+an id it does not know, 413 over 128 KB, 403 for a request not signed as API Gateway requires (for
+this server's region and host, dated within 5 minutes, with the session token issued: testing.sigv4).
+Tests open connections, read what each one received (waiting on a condition, never sleeping) and can
+make a connection answer 429 for its next few posts.
 """
 
 from __future__ import annotations
@@ -16,25 +17,29 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
-from tests.support.sigv4 import signature_problem
-
-MAX_POST_BYTES = 128 * 1024
+from testing import aws
+from testing.apigw import API_GATEWAY_MAX_MESSAGE_BYTES as MAX_POST_BYTES
+from testing.sigv4 import Expected, signature_problem
 
 
 class ManagementApiServer:
     def __init__(
         self,
         stage: str = "api",
-        secrets: dict[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
         accept_any_connection: bool = False,
+        region: str = aws.REGION,
     ) -> None:
         self.stage = stage
+        self.region = region
         # For benchmarks: every id counts as open, and nothing received is kept.
         self.accept_any_connection = accept_any_connection
-        # The credentials it accepts: the dummy ones the test suite gives boto3 by default.
-        self.secrets = secrets or {"testing": "testing"}
+        # The keys issued (access key -> secret, session token): the dummy ones of testing.aws.
+        self.keys: dict[str, tuple[str, str | None]] = {
+            aws.ACCESS_KEY_ID: (aws.SECRET_ACCESS_KEY, aws.SESSION_TOKEN)
+        }
         self.access_keys_seen: list[str] = []
+        self.headers_seen: list[dict[str, str]] = []
         self._open: dict[str, datetime] = {}
         self._received: dict[str, list[bytes]] = defaultdict(list)
         self._throttle: dict[str, int] = defaultdict(int)
@@ -91,15 +96,15 @@ class ManagementApiServer:
         prefix = f"/{self.stage}/@connections/"
         if not path.startswith(prefix):
             return 404, {"message": "Not Found"}
-        scheme = self.endpoint.split(":")[0]
-        problem = signature_problem(
-            method, f"{scheme}://{headers['Host']}{path}", headers, body, self.secrets
-        )
+        origin = self.endpoint.removesuffix(f"/{self.stage}")
+        expected = Expected(keys=self.keys, region=self.region, host=origin.split("://")[1])
+        problem = signature_problem(method, origin + path, headers, body, expected)
         if problem:
             return 403, {"message": f"Forbidden: {problem}"}
         self.access_keys_seen.append(headers["Authorization"].split("Credential=")[1].split("/")[0])
         connection_id = unquote(path[len(prefix) :])
         with self._changed:
+            self.headers_seen.append(dict(headers.items()))
             self.posts += method == "POST"
             if self.accept_any_connection and method == "POST" and len(body) <= MAX_POST_BYTES:
                 return 200, {}

@@ -1,4 +1,5 @@
-"""The events API Gateway builds for a WebSocket API's Lambda proxy integration: pure functions, no I/O.
+"""API Gateway's WebSocket API as the fakes need it: its limits, and the events it builds for a Lambda
+proxy integration (pure functions, no I/O), used by localgw, the tests and the benchmarks.
 
 Shapes follow events recorded from real API Gateway WebSocket APIs (kept as fixtures in
 ``tests/fixtures/apigw_events/``):
@@ -16,8 +17,15 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
+
+# API Gateway's WebSocket limits (AWS quotas), for every fake. The app keeps its own in chalicelib/,
+# which may import nothing outside itself; tests/unit/test_apigw_limits.py holds the two equal.
+API_GATEWAY_MAX_MESSAGE_BYTES = 128 * 1024
+API_GATEWAY_IDLE_TIMEOUT_SECONDS = 600
+API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
+API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS = 29
 
 ROUTE_CONNECT = "$connect"
 ROUTE_DEFAULT = "$default"
@@ -189,3 +197,52 @@ def internal_server_error(connection_id: str, request_id: str) -> str:
 def forbidden(connection_id: str, request_id: str) -> str:
     """What API Gateway sends the client when no route matches a message (no ``$default`` route)."""
     return f'{{"message": "Forbidden", "connectionId":"{connection_id}", "requestId":"{request_id}"}}'
+
+
+@dataclass
+class Connection:
+    """One simulated client connection of a deployed API, for tests and benchmarks: its events are
+    the builders' above, with the headers a browser sends through API Gateway."""
+
+    api_id: str = "a1b2c3d4e5"
+    stage: str = "api"
+    region: str = "us-east-1"
+    connection_id: str = field(default_factory=new_id)
+    connected_at_ms: int = field(default_factory=now_ms)
+    source_ip: str = "203.0.113.7"
+    user_agent: str = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0"
+
+    @property
+    def info(self) -> ConnectionInfo:
+        return ConnectionInfo(
+            connection_id=self.connection_id,
+            connected_at_ms=self.connected_at_ms,
+            source_ip=self.source_ip,
+            user_agent=self.user_agent,
+            domain_name=f"{self.api_id}.execute-api.{self.region}.amazonaws.com",
+            stage=self.stage,
+            api_id=self.api_id,
+        )
+
+    def connect_event(self, *, headers: list[tuple[str, str]] = (), query_string: str = "") -> dict:
+        browser = [
+            ("Host", self.info.domain_name),
+            ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+            ("Sec-WebSocket-Key", base64.b64encode(secrets.token_bytes(16)).decode()),
+            ("Sec-WebSocket-Version", "13"),
+            ("User-Agent", self.user_agent),
+        ]
+        return connect_event(
+            self.info,
+            headers=[*browser, *headers],
+            query_string=query_string,
+            local_port=443,
+            scheme="https",
+            epoch_ms=self.connected_at_ms,
+        )
+
+    def message_event(self, body: str, *, request_time_ms: int | None = None) -> dict:
+        return message_event(self.info, body=body, epoch_ms=request_time_ms)
+
+    def disconnect_event(self, status_code: int = 1001, reason: str = DISCONNECT_REASONS[1001]) -> dict:
+        return disconnect_event(self.info, status_code=status_code, reason=reason)
