@@ -1,6 +1,7 @@
-"""A WebSocket broadcast service: every message a client sends is published to all connected clients.
+"""A WebSocket broadcast service: every message a client sends is published to all connected clients,
+or to a channel's members; a backend publishes the same way with ``POST /publish`` (AWS IAM).
 
-Three thin handlers; the work is in ``chalicelib/``. The wiring (settings -> registry -> fan-out) is
+Four thin handlers; the work is in ``chalicelib/``. The wiring (settings -> registry -> fan-out) is
 built on the first invocation and kept for the container's life: once per cold start.
 """
 
@@ -8,7 +9,7 @@ import functools
 import os
 
 import boto3
-from chalice import Chalice
+from chalice import Chalice, IAMAuthorizer, Response
 from chalice.app import WebsocketEvent
 
 from chalicelib.broadcast import Broadcaster
@@ -56,3 +57,11 @@ def _logged(event: WebsocketEvent, gateway_event: GatewayEvent):
         connection_id=gateway_event.connection_id,
         route=gateway_event.route_key,
     )
+
+
+@app.route("/publish", methods=["POST"], authorizer=IAMAuthorizer(), content_types=["application/json"])
+def publish_from_backend() -> Response:
+    """A backend publishes with a SigV4-signed request (``scripts/publish.py``): the same envelope."""
+    remaining_seconds = app.lambda_context.get_remaining_time_in_millis() / 1000
+    status, report = broadcaster().publish_from_backend(app.current_request.raw_body, remaining_seconds)
+    return Response(body=report, status_code=status, headers={"Content-Type": "application/json"})

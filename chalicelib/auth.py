@@ -12,6 +12,11 @@ A token is read from the first of these that carries one:
 2. ``Authorization: Bearer <jwt>``: servers, ``wscat -H``.
 3. ``?token=<jwt>``: tools that can do nothing else (query strings end up in access logs).
 
+With tokens, what a connection may do with channels comes from the token's ``channels`` claim:
+``{"subscribe": ["room-*"], "publish": ["room-1"]}``, each entry a channel name or a prefix ending in
+``*`` (``*`` alone: every channel). A token without the claim may use no channel (broadcasts to
+every connection stay open to every valid token, as the reference has them).
+
 Refusals carry the HTTP status the client sees at the handshake: ``Unauthorized`` (401, no token or
 an invalid one), ``Forbidden`` (403, valid but not allowed), ``AuthUnavailable`` (503, the keys
 could not be fetched).
@@ -19,12 +24,16 @@ could not be fetched).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 SUBPROTOCOL = "wsbroadcast"
 _BEARER_SUBPROTOCOL_PREFIX = "bearer."
+CHANNELS_CLAIM = "channels"
+# A channel name (envelope.CHANNEL_NAME), or a prefix of one followed by '*'.
+_CHANNEL_PATTERN = re.compile(r"^(?:[A-Za-z0-9_.:@-]{1,64}|[A-Za-z0-9_.:@-]{0,63}\*)$")
 
 
 class Refused(Exception):
@@ -55,12 +64,21 @@ class TokenVerifier(Protocol):
 
 
 @dataclass(frozen=True)
+class Permissions:
+    """Channel patterns a principal may subscribe to and publish to (from its token)."""
+
+    subscribe: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Admission:
-    """A connection let in: who it is (``None`` when AUTH_MODE=none) and the subprotocol to select."""
+    """A connection let in: who it is and what it may do with channels (both ``None`` when
+    AUTH_MODE=none: anyone, every channel), and the subprotocol to select."""
 
     principal: str | None
     subprotocol: str | None
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    permissions: Permissions | None = None
 
 
 class Gatekeeper:
@@ -84,7 +102,33 @@ class Gatekeeper:
                 "Authorization: Bearer <token>, or add ?token=<token>"
             )
         claims = self._verifier.verify(token)
-        return Admission(principal=str(claims["sub"]), subprotocol=subprotocol, claims=claims)
+        return Admission(
+            principal=str(claims["sub"]), subprotocol=subprotocol, permissions=permissions_from(claims)
+        )
+
+
+def permissions_from(claims: Mapping[str, Any]) -> Permissions:
+    """The ``channels`` claim; a malformed one refuses the token (it was signed that way)."""
+    claim = claims.get(CHANNELS_CLAIM)
+    if claim is None:
+        return Permissions()
+    if not isinstance(claim, dict):
+        raise Unauthorized(_MALFORMED_CLAIM)
+    lists = {}
+    for verb in ("subscribe", "publish"):
+        patterns = claim.get(verb, [])
+        if not isinstance(patterns, list) or not all(
+            isinstance(pattern, str) and _CHANNEL_PATTERN.match(pattern) for pattern in patterns
+        ):
+            raise Unauthorized(_MALFORMED_CLAIM)
+        lists[verb] = tuple(patterns)
+    return Permissions(**lists)
+
+
+_MALFORMED_CLAIM = (
+    'the token\'s "channels" claim must look like {"subscribe": ["room-*"], "publish": ["room-1"]}: '
+    "channel names, or prefixes ending in *"
+)
 
 
 def _offered_subprotocols(headers: Mapping[str, str]) -> list[str]:

@@ -14,27 +14,36 @@ import boto3
 
 from chalicelib import envelope
 from chalicelib.auth import Gatekeeper, Refused, TokenVerifier
-from chalicelib.fanout import Fanout
+from chalicelib.fanout import DeliveryReport, Fanout
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.log import logger
 from chalicelib.management_api import DeliveryError, ManagementApi, ManagementApis
 from chalicelib.registry import (
+    ChannelForbidden,
+    ChannelRefused,
     ConnectionRegistry,
     InvalidConnectionId,
     OverCapacity,
     OverLimit,
     RateLimited,
     RegistryUnavailable,
+    Snapshot,
+    TooManyChannels,
 )
 from chalicelib.settings import Settings
 
-OK, BAD_REQUEST, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS, UNAVAILABLE = 200, 400, 413, 429, 503
+OK, BAD_REQUEST, FORBIDDEN, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS, UNAVAILABLE = 200, 400, 403, 413, 429, 503
 # Time kept back from Lambda's remaining time, to log and return after the fan-out's deadline.
 _RETURN_MARGIN_SECONDS = 1.0
 # Failed recipients logged one per line; past this many, only the summary counts them.
 _MAX_FAILURE_LINES = 20
 _REGISTRY_DOWN_MESSAGE = "the service cannot reach its connection registry; send the message again shortly"
-_LIMIT_REPLIES = {
+_NO_WEBSOCKET_API = (
+    "this stage does not know its WebSocket API: set WEBSOCKET_API_ID (the deployed template sets it)"
+)
+# What a sender is told when the registry refuses its message: code, status, message.
+_REFUSAL_REPLIES = {
+    RegistryUnavailable: (envelope.REGISTRY_UNAVAILABLE, UNAVAILABLE, _REGISTRY_DOWN_MESSAGE),
     RateLimited: (
         envelope.RATE_LIMITED,
         TOO_MANY_REQUESTS,
@@ -44,6 +53,16 @@ _LIMIT_REPLIES = {
         envelope.OVER_CAPACITY,
         UNAVAILABLE,
         "the service is at its delivery capacity; nothing was published",
+    ),
+    ChannelForbidden: (
+        envelope.CHANNEL_FORBIDDEN,
+        FORBIDDEN,
+        'your token does not allow this channel (its "channels" claim)',
+    ),
+    TooManyChannels: (
+        envelope.TOO_MANY_CHANNELS,
+        BAD_REQUEST,
+        "this connection is in as many channels as it may be; unsubscribe from one first",
     ),
 }
 
@@ -57,14 +76,19 @@ class Broadcaster:
         gatekeeper: Gatekeeper,
         *,
         publish_deadline_seconds: float,
+        websocket_api: tuple[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``websocket_api``: the (api id, stage) a backend publish posts through."""
         self._registry = registry
         self._management_apis = management_apis
         self._fanout = fanout
         self._gatekeeper = gatekeeper
         self._publish_deadline_seconds = publish_deadline_seconds
+        self._websocket_api = websocket_api
         self._clock = clock
+        self._wall_clock = wall_clock
 
     @classmethod
     def from_settings(cls, settings: Settings, session: boto3.session.Session) -> Broadcaster:
@@ -74,24 +98,38 @@ class Broadcaster:
             Fanout(settings.fanout_workers),
             Gatekeeper(_verifier(settings, session), settings.allowed_origins),
             publish_deadline_seconds=settings.publish_deadline_seconds,
+            websocket_api=settings.websocket_api,
         )
 
     def connect(self, event: GatewayEvent) -> dict:
-        """Decide the handshake, then register the connection; nothing is posted to it during $connect."""
+        """Decide the handshake, then register the connection and the channels it asked for.
+
+        Nothing is posted to it during $connect: until $connect returns, it does not exist.
+        """
         try:
             admission = self._gatekeeper.admit(event.headers, event.query)
+            channels = envelope.parse_channels(event.query.get("channels"))
+            self._registry.add(
+                event.connection_id,
+                event.connected_at_ms,
+                admission.principal,
+                admission.permissions,
+                channels,
+            )
         except Refused as refusal:
-            logger.warning("connect refused", extra={"status": refusal.status, "reason": refusal.reason})
-            return _response(refusal.status, refusal.reason)
-        try:
-            self._registry.add(event.connection_id, event.connected_at_ms, admission.principal)
-        except InvalidConnectionId as problem:
-            logger.warning("connect refused", extra={"status": BAD_REQUEST, "reason": str(problem)})
-            return _response(BAD_REQUEST, "not an API Gateway connection id")
+            return _refuse_handshake(refusal.status, refusal.reason)
+        except envelope.InvalidMessage as problem:
+            return _refuse_handshake(BAD_REQUEST, f"?channels=: {problem.message}")
+        except ChannelForbidden as refusal:
+            return _refuse_handshake(FORBIDDEN, f"your token does not allow the channel {refusal.channel}")
+        except TooManyChannels:
+            return _refuse_handshake(BAD_REQUEST, "?channels= names more channels than a connection may join")
+        except InvalidConnectionId:
+            return _refuse_handshake(BAD_REQUEST, "not an API Gateway connection id")
         except RegistryUnavailable:
             logger.exception("connect failed: registry unavailable")
-            return _response(UNAVAILABLE, _REGISTRY_DOWN_MESSAGE)
-        logger.info("connected", extra={"principal": admission.principal})
+            return _refuse_handshake(UNAVAILABLE, _REGISTRY_DOWN_MESSAGE, logged=True)
+        logger.info("connected", extra={"principal": admission.principal, "channels": list(channels)})
         if admission.subprotocol:
             return {"statusCode": OK, "headers": {"Sec-WebSocket-Protocol": admission.subprotocol}}
         return {"statusCode": OK}
@@ -109,46 +147,103 @@ class Broadcaster:
         return {"statusCode": OK}
 
     def publish(self, event: GatewayEvent, remaining_seconds: float) -> dict:
-        """Validate the sender's message and deliver it to every live connection (the sender if echo).
-
-        A keepalive (``{"action": "ping"}``) re-registers the sender and is answered to it alone.
+        """Validate the sender's message and deliver it to its audience: every live connection, or a
+        channel's members (the sender only with echo). Keepalives and channel requests are answered
+        to their sender alone.
         """
         started = self._clock()
         api = self._management_apis.for_event(event.api_id, event.stage)
         received = event.request_time_ms // 1000
+        sender = event.connection_id
         try:
             message = envelope.parse(event.body)
             if message is envelope.PING:
-                return self._pong(api, event, received)
+                lost = self._registry.touch(sender, event.connected_at_ms)
+                _post(api, sender, envelope.encode_pong(received, lost=lost), what="pong")
+                return {"statusCode": OK}
+            if isinstance(message, envelope.ChannelRequest):
+                change = (
+                    self._registry.subscribe if message.action == "subscribe" else self._registry.unsubscribe
+                )
+                lost = change(sender, event.connected_at_ms, message.channel)
+                logger.info(f"{message.action}d", extra={"channel": message.channel})
+                _post(api, sender, envelope.encode_ack(message, lost=lost), what="acknowledgement")
+                return {"statusCode": OK}
             payload = envelope.encode_publication(message, received=received)
+            snapshot = self._registry.begin_publish(
+                sender, event.connected_at_ms, include_sender=message.echo, channel=message.channel
+            )
         except envelope.InvalidMessage as problem:
             logger.warning("message rejected", extra={"error_code": problem.code, "reason": problem.message})
-            _reply_error(api, event.connection_id, problem.code, problem.message)
-            return {
-                "statusCode": PAYLOAD_TOO_LARGE if problem.code == envelope.MESSAGE_TOO_LARGE else BAD_REQUEST
-            }
+            _reply_error(api, sender, problem.code, problem.message)
+            return {"statusCode": _status_of(problem)}
+        except (RegistryUnavailable, OverLimit, ChannelRefused) as refusal:
+            code, status, text, retry_after_ms = _refusal_reply(refusal)
+            if not isinstance(refusal, OverLimit) or refusal.first:
+                _reply_error(api, sender, code, text, retry_after_ms=retry_after_ms)
+            return {"statusCode": status}
+        recipients = [member for member in snapshot.live if message.echo or member != sender]
+        self._deliver(api, payload, snapshot, recipients, message.channel, started, remaining_seconds)
+        return {"statusCode": OK}
+
+    def publish_from_backend(self, body: str | bytes | None, remaining_seconds: float) -> tuple[int, dict]:
+        """``POST /publish``: the same envelope, limits and fan-out, with no sender; the status and
+        either the delivery report or ``{"error": ...}``.
+        """
+        started = self._clock()
         try:
-            snapshot = self._registry.begin_publish(
-                event.connection_id, event.connected_at_ms, include_sender=message.echo
+            message = envelope.parse(body)
+            if not isinstance(message, envelope.Publication):
+                raise envelope.InvalidMessage(
+                    envelope.UNKNOWN_ACTION, 'POST /publish takes a message to publish, not an "action"'
+                )
+            payload = envelope.encode_publication(message, received=int(self._wall_clock()))
+            if self._websocket_api is None:
+                logger.error("backend publish: WEBSOCKET_API_ID is not set")
+                return UNAVAILABLE, envelope.error_document(envelope.REGISTRY_UNAVAILABLE, _NO_WEBSOCKET_API)
+            snapshot = self._registry.begin_backend_publish(message.channel)
+        except envelope.InvalidMessage as problem:
+            logger.warning(
+                "backend publish rejected", extra={"error_code": problem.code, "reason": problem.message}
             )
+            return _status_of(problem), envelope.error_document(problem.code, problem.message)
         except (RegistryUnavailable, OverLimit) as refusal:
-            return self._refused(api, event, refusal)
-        recipients = [
-            connection_id
-            for connection_id in snapshot.live
-            if message.echo or connection_id != event.connection_id
-        ]
+            code, status, text, retry_after_ms = _refusal_reply(refusal)
+            return status, envelope.error_document(code, text, retry_after_ms=retry_after_ms)
+        api = self._management_apis.for_event(*self._websocket_api)
+        report = self._deliver(
+            api, payload, snapshot, snapshot.live, message.channel, started, remaining_seconds
+        )
+        return OK, {
+            "recipients": report.recipients,
+            "delivered": report.delivered,
+            "gone": len(report.gone),
+            "failed": len(report.failed),
+        }
+
+    def _deliver(
+        self,
+        api: ManagementApi,
+        payload: bytes,
+        snapshot: Snapshot,
+        recipients: list[str],
+        channel: str | None,
+        started: float,
+        remaining_seconds: float,
+    ) -> DeliveryReport:
+        """Post to every recipient within the deadline, forget the gone and stale, log the outcome once."""
         budget = min(self._publish_deadline_seconds, remaining_seconds - _RETURN_MARGIN_SECONDS)
         report = self._fanout.deliver(api.post_many, payload, recipients, deadline=started + max(0.0, budget))
         for connection_id, reason in list(report.failed.items())[:_MAX_FAILURE_LINES]:
             logger.warning("delivery failed", extra={"recipient": connection_id, "reason": reason})
         try:
-            self._registry.forget([*report.gone, *snapshot.stale])
+            self._registry.forget([*report.gone, *snapshot.stale], channel)
         except RegistryUnavailable:
             logger.exception("could not forget gone connections; the next publish retries")
         logger.info(
             "published",
             extra={
+                "channel": channel,
                 "recipients": report.recipients,
                 "delivered": report.delivered,
                 "gone": len(report.gone),
@@ -157,34 +252,7 @@ class Broadcaster:
                 "elapsed_ms": round((self._clock() - started) * 1000, 1),
             },
         )
-        return {"statusCode": OK}
-
-    def _pong(self, api: ManagementApi, event: GatewayEvent, received: int) -> dict:
-        try:
-            self._registry.touch(event.connection_id, event.connected_at_ms)
-        except (RegistryUnavailable, OverLimit) as refusal:
-            return self._refused(api, event, refusal)
-        _post(api, event.connection_id, envelope.encode_pong(received), what="pong")
-        return {"statusCode": OK}
-
-    def _refused(self, api: ManagementApi, event: GatewayEvent, refusal: Exception) -> dict:
-        """The one reply and status for a publish or ping that a limit or Redis refused."""
-        if isinstance(refusal, RegistryUnavailable):
-            logger.exception("publish failed: registry unavailable")
-            _reply_error(api, event.connection_id, envelope.REGISTRY_UNAVAILABLE, _REGISTRY_DOWN_MESSAGE)
-            return {"statusCode": UNAVAILABLE}
-        code, status, message = _LIMIT_REPLIES[type(refusal)]
-        retry_after_ms = max(1, round(refusal.retry_after * 1000))
-        logger.warning("message refused", extra={"error_code": code, "retry_after_ms": retry_after_ms})
-        if refusal.first:
-            _reply_error(
-                api,
-                event.connection_id,
-                code,
-                f"{message}; send again in {retry_after_ms} ms",
-                retry_after_ms=retry_after_ms,
-            )
-        return {"statusCode": status}
+        return report
 
 
 def _verifier(settings: Settings, session: boto3.session.Session) -> TokenVerifier | None:
@@ -196,12 +264,34 @@ def _verifier(settings: Settings, session: boto3.session.Session) -> TokenVerifi
     return verifier_from_settings(settings.auth, session)
 
 
-def _response(status: int, message: str) -> dict:
-    """A refused $connect: API Gateway answers the handshake with this status."""
-    return {"statusCode": status, "body": json.dumps({"message": message})}
+def _status_of(problem: envelope.InvalidMessage) -> int:
+    return PAYLOAD_TOO_LARGE if problem.code == envelope.MESSAGE_TOO_LARGE else BAD_REQUEST
 
 
-def _reply_error(api: ManagementApi, connection_id: str, code: str, message: str, **details: int) -> None:
+def _refusal_reply(refusal: Exception) -> tuple[str, int, str, int | None]:
+    """Code, status, message and (for limits) milliseconds to wait, for a refusal by the registry; logged."""
+    code, status, text = _REFUSAL_REPLIES[type(refusal)]
+    retry_after_ms = None
+    if isinstance(refusal, RegistryUnavailable):
+        logger.exception("message failed: registry unavailable")
+    else:
+        if isinstance(refusal, OverLimit):
+            retry_after_ms = max(1, round(refusal.retry_after * 1000))
+            text = f"{text}; send again in {retry_after_ms} ms"
+        logger.warning("message refused", extra={"error_code": code, "retry_after_ms": retry_after_ms})
+    return code, status, text, retry_after_ms
+
+
+def _refuse_handshake(status: int, reason: str, *, logged: bool = False) -> dict:
+    """A refused $connect: API Gateway answers the handshake with this status. Logged once, never the token."""
+    if not logged:
+        logger.warning("connect refused", extra={"status": status, "reason": reason})
+    return {"statusCode": status, "body": json.dumps({"message": reason})}
+
+
+def _reply_error(
+    api: ManagementApi, connection_id: str, code: str, message: str, **details: int | None
+) -> None:
     """Tell the sender, once, why its message was not published; a failure here is only logged."""
     _post(api, connection_id, envelope.encode_error(code, message, **details), what="error reply")
 

@@ -1,8 +1,10 @@
 """The wire format: inbound validation, outbound encoding and error replies. Pure functions, no I/O.
 
 Inbound, a client sends ``{"echo": false, "type": 99, "data": <any JSON>}``; ``echo`` is optional
-(default false), ``data`` is optional (missing means null, as the Go reference decodes it) and
-unknown fields are ignored. Outbound, every recipient gets ``{"type", "data", "received"}``.
+(default false), ``data`` is optional (missing means null, as the Go reference decodes it), an
+optional ``channel`` names the channel to publish to, and unknown fields are ignored. Outbound,
+every recipient gets ``{"type", "data", "received"}`` (and ``channel`` when it was published to one).
+Actions: ``{"action": "ping"}``, ``{"action": "subscribe" | "unsubscribe", "channel": ...}``.
 A bad message is answered with ``{"error": {"code", "message"}}`` to its sender only.
 
 Only strict JSON (RFC 8259) passes in either direction, because every recipient's ``JSON.parse``
@@ -42,6 +44,15 @@ MESSAGE_TOO_LARGE = "message_too_large"
 REGISTRY_UNAVAILABLE = "registry_unavailable"
 RATE_LIMITED = "rate_limited"
 OVER_CAPACITY = "over_capacity"
+INVALID_CHANNEL = "invalid_channel"
+CHANNEL_FORBIDDEN = "channel_forbidden"
+TOO_MANY_CHANNELS = "too_many_channels"
+UNKNOWN_ACTION = "unknown_action"
+
+# A channel name: no '*' (permission patterns use it), no ',' (the ?channels= list), no braces
+# (Redis cluster hash tags), no spaces; short enough to be a key.
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+_CHANNEL_RULE = "1 to 64 letters, digits or . _ : @ -"
 
 # The keepalive a client sends (API Gateway closes a connection idle for 10 minutes); it is answered
 # with ``{"action": "pong", "received": <unix seconds>}`` to its sender only.
@@ -65,26 +76,38 @@ class InvalidMessage(ValueError):
 
 @dataclass(frozen=True)
 class Publication:
-    """A valid inbound message."""
+    """A valid inbound message; ``channel`` None publishes to every connection."""
 
     type: int
     data: Any
     echo: bool
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelRequest:
+    """``{"action": "subscribe" | "unsubscribe", "channel": ...}``."""
+
+    action: str
+    channel: str
 
 
 class _LongInteger:
     """Stands in for an integer literal too long to convert, so a `type` can be told from `data`."""
 
 
-def parse(body: str | bytes | None) -> Publication | object:
-    """Validate one inbound message body: a ``Publication``, or ``PING``; raise ``InvalidMessage``."""
+def parse(body: str | bytes | None) -> Publication | ChannelRequest | object:
+    """Validate one inbound message body: a ``Publication``, a ``ChannelRequest`` or ``PING``.
+
+    Raise ``InvalidMessage`` saying what is wrong.
+    """
     document, long_integers = _loads(_text(body))
     if not isinstance(document, dict):
         raise InvalidMessage(
             NOT_AN_OBJECT, f"the message is a JSON {_json_kind(document)}; send an object: {_EXAMPLE}"
         )
-    if document.get("action") == "ping":
-        return PING
+    if "action" in document:
+        return _action(document)
     if "type" not in document:
         raise InvalidMessage(MISSING_TYPE, 'the message has no "type"; add an integer, e.g. "type": 99')
     message_type = document["type"]
@@ -105,7 +128,44 @@ def parse(body: str | bytes | None) -> Publication | object:
             f"the message has an integer of {max(long_integers)} digits; integers may have at most "
             f"{sys.get_int_max_str_digits()}: send longer ones as strings",
         )
-    return Publication(type=message_type, data=document.get("data"), echo=echo)
+    channel = document.get("channel")
+    return Publication(
+        type=message_type,
+        data=document.get("data"),
+        echo=echo,
+        channel=None if channel is None else _channel(channel),
+    )
+
+
+def parse_channels(listed: str | None) -> tuple[str, ...]:
+    """The ``?channels=room-1,room-2`` of a handshake, each name checked; empty when there is none."""
+    names = [name.strip() for name in (listed or "").split(",") if name.strip()]
+    return tuple(dict.fromkeys(_channel(name) for name in names))
+
+
+def _action(document: dict) -> ChannelRequest | object:
+    action = document["action"]
+    if action == "ping":
+        return PING
+    if action in ("subscribe", "unsubscribe"):
+        if "channel" not in document:
+            raise InvalidMessage(INVALID_CHANNEL, f'"{action}" needs a "channel", e.g. "channel": "room-1"')
+        return ChannelRequest(action=action, channel=_channel(document["channel"]))
+    raise InvalidMessage(
+        UNKNOWN_ACTION, f'"action" must be "ping", "subscribe" or "unsubscribe", got {_shown(action)}'
+    )
+
+
+def _channel(name: Any) -> str:
+    if not isinstance(name, str) or not CHANNEL_NAME.match(name):
+        raise InvalidMessage(INVALID_CHANNEL, f"a channel name is {_CHANNEL_RULE}, got {_shown(name)}")
+    return name
+
+
+def _shown(value: Any) -> str:
+    """A value quoted back to its sender, cut short: an error reply must stay small."""
+    text = json.dumps(value) if isinstance(value, str) else f"a JSON {_json_kind(value)}"
+    return text if len(text) <= 70 else text[:67] + "..."
 
 
 def encode_publication(publication: Publication, received: int) -> bytes:
@@ -114,8 +174,11 @@ def encode_publication(publication: Publication, received: int) -> bytes:
     ``publication`` comes from ``parse``, whose limits keep the encoder from recursing too deep; a
     value strict JSON cannot carry (NaN, Infinity) is refused here too, never posted.
     """
+    document = {"type": publication.type, "data": publication.data, "received": received}
+    if publication.channel is not None:
+        document["channel"] = publication.channel
     try:
-        payload = _dumps({"type": publication.type, "data": publication.data, "received": received})
+        payload = _dumps(document)
     except ValueError:
         raise InvalidMessage(
             INVALID_JSON, '"data" holds a number JSON cannot carry (NaN or Infinity); send a finite number'
@@ -129,16 +192,29 @@ def encode_publication(publication: Publication, received: int) -> bytes:
     return payload
 
 
-def encode_error(code: str, message: str, *, retry_after_ms: int | None = None) -> bytes:
-    """The one reply a sender gets when its message is not published (when to retry, if it may)."""
+def error_document(code: str, message: str, *, retry_after_ms: int | None = None) -> dict:
+    """``{"error": {"code", "message"}}``, with when to retry if the sender may (``retryAfterMs``)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if retry_after_ms is not None:
         error["retryAfterMs"] = retry_after_ms
-    return _dumps({"error": error})
+    return {"error": error}
 
 
-def encode_pong(received: int) -> bytes:
-    return _dumps({"action": "pong", "received": received})
+def encode_error(code: str, message: str, *, retry_after_ms: int | None = None) -> bytes:
+    """The one reply a sender gets when its message is not published."""
+    return _dumps(error_document(code, message, retry_after_ms=retry_after_ms))
+
+
+def encode_pong(received: int, *, lost: bool) -> bytes:
+    """``lost``: the service had lost this connection (Redis lost its data) and registered it again;
+    its subscriptions are gone, so the client should reconnect."""
+    return _dumps({"action": "pong", "received": received, **({"lost": True} if lost else {})})
+
+
+def encode_ack(request: ChannelRequest, *, lost: bool) -> bytes:
+    """``{"action": "subscribed" | "unsubscribed", "channel": ...}`` to the sender of the request."""
+    reply = {"action": f"{request.action}d", "channel": request.channel}
+    return _dumps({**reply, **({"lost": True} if lost else {})})
 
 
 def _text(body: str | bytes | None) -> str:

@@ -3,23 +3,29 @@
 Data model, all keys under one cluster hash tag ``{PREFIX}`` (one slot, so one script sees them all):
 
     {PREFIX}:connections   hash: connection id -> "connectedAt" or "connectedAt:principal key"
+    {PREFIX}:ch:<channel>  hash: member connection id -> "connectedAt" (one per channel)
+    {PREFIX}:conn:<id>     hash: "c:<channel>" -> 1 for each channel joined, and the token's channel
+                           patterns ("#s" subscribe, "#p" publish); expires with the connection
     {PREFIX}:rate:<id>     hash: the sender's token bucket (tokens, at); expires once full again
     {PREFIX}:posts         hash: the whole API's post budget (tokens, at)
 
-Every event is a single round trip:
+Every event is a single round trip (one script, or one command):
 
-    connect      EVALSHA register  (HSET + EXPIRE + prune a random sample of stale fields)
-    disconnect   HDEL
-    publish      EVALSHA publish   (re-assert the sender, take from its bucket and from the post
-                                    budget, HGETALL; or refuse and read nothing)
-    ping         EVALSHA publish   (re-assert the sender, take from its bucket; no read)
-    afterwards   one HDEL of the gone and stale ids, only when there are any
+    connect      EVALSHA connect   (HSET + EXPIRE + prune a random sample of stale fields; the
+                                    permissions; the ?channels= memberships)
+    disconnect   EVALSHA leave     (HDEL from the registry and from every channel joined)
+    publish      EVALSHA message   (re-assert the sender, take from its bucket and from the post
+                                    budget, HGETALL of the audience; or refuse and read nothing)
+    ping, subscribe, unsubscribe   EVALSHA message (the same script, another mode; no read)
+    afterwards   HDEL of the gone and stale ids, only when there are any
+
+All keys share one slot because a publish's limits and its audience must be decided in one script;
+spreading channels over slots (and the registry over shards) is the sharded registry's job.
 
 ``$disconnect`` is best effort, so an entry can outlive its connection. API Gateway closes every
-connection at 2 hours (``max_age_seconds``), so an entry at least that old is never a recipient;
-it is removed by the next publish, by the random sampling on connect, and with the whole key when
-no connection has arrived for ``max_age_seconds``. The hash therefore stays near the number of live
-connections, whatever the traffic.
+connection at 2 hours (``max_age_seconds``), so an entry (in the registry or in a channel) at least
+that old is never a recipient; it is removed by the next publish to it, by the random sampling on
+connect, and with the whole key when nothing has joined it for ``max_age_seconds``.
 
 The principal key is an 8-byte BLAKE2b digest of the token's ``sub`` (11 characters): a Cognito
 ``sub`` is a 36-character UUID, which would make an entry 1.7 times a bare set's; the digest keeps it
@@ -27,8 +33,9 @@ at 1.3 and still names the user for anything that acts per user (compute it from
 
 Redis can lose its data (a cache node replaced without a replica, a failover that drops the last
 writes). Every message and ping a connection sends re-registers it if it is missing (HSETNX: an
-existing entry, and its principal, are left alone), so a live connection is back in the registry
-within one keepalive period; one that re-registers this way has lost its principal.
+existing entry, and its principal, are left alone) and says so (``lost``), so a live connection is
+back in the registry within one keepalive period; its channels and permissions are gone with the
+data, which is why the reply tells the client to reconnect.
 
 Both buckets grant when they hold ``min(cost, capacity)`` tokens and then take the whole cost: a
 publish to more recipients than the budget's one-second capacity still goes out, and leaves a debt
@@ -41,7 +48,7 @@ import base64
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +59,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from chalicelib.auth import Permissions
 from chalicelib.redis_auth import credential_provider
 from chalicelib.settings import Settings
 
@@ -63,28 +71,82 @@ _PRUNE_SAMPLE_SIZE = 3
 # instead of failing. Lambda runs one invocation per container; the local gateway runs many at once.
 _POOL_SIZE = 64
 
-_REGISTER_SCRIPT = """
+# Channel patterns: a name, or a prefix ending in '*'; a list of them is one string, newline-separated.
+_ALLOWED_LUA = """
+local function allowed(patterns, name)
+  for p in string.gmatch(patterns or '', '[^\\n]+') do
+    if p == name or (string.sub(p, -1) == '*' and string.sub(name, 1, #p - 1) == string.sub(p, 1, -2)) then
+      return true
+    end
+  end
+  return false
+end
+"""
+
+# KEYS: registry, the connection's hash, then one key per channel joined at connect.
+# ARGV: id, value, max age (s), stale cutoff (s), prune sample, expire-at (s), enforce (1/0),
+#       subscribe patterns, publish patterns, max channels, then the channel names.
+# Returns {0}, or {3, channel} (not allowed), or {4} (too many): nothing written then.
+_CONNECT_SCRIPT = (
+    _ALLOWED_LUA
+    + """
+local first_channel = 11
+local enforce = ARGV[7] == '1'
+if #ARGV - first_channel + 1 > tonumber(ARGV[10]) then return {4} end
+if enforce then
+  for i = first_channel, #ARGV do
+    if not allowed(ARGV[8], ARGV[i]) then return {3, ARGV[i]} end
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local sample = redis.call('HRANDFIELD', KEYS[1], ARGV[5], 'WITHVALUES')
 for i = 1, #sample, 2 do
-  if tonumber(string.match(sample[i + 1], '^%d+')) <= tonumber(ARGV[4]) then
+  if (tonumber(string.match(sample[i + 1], '^%d+')) or 0) <= tonumber(ARGV[4]) then
     redis.call('HDEL', KEYS[1], sample[i])
   end
 end
+if enforce then redis.call('HSET', KEYS[2], '#s', ARGV[8], '#p', ARGV[9]) end
+for i = first_channel, #ARGV do
+  local channel_key = KEYS[3 + i - first_channel]
+  redis.call('HSET', channel_key, ARGV[1], ARGV[2])
+  redis.call('EXPIRE', channel_key, ARGV[3])
+  redis.call('HSET', KEYS[2], 'c:' .. ARGV[i], 1)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIREAT', KEYS[2], ARGV[6]) end
+return {0}
+"""
+)
+
+# KEYS: registry, the connection's hash. ARGV: id, the channel keys' prefix.
+# The channel keys are read from the connection's hash: they share its hash tag, hence its slot.
+_LEAVE_SCRIPT = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, 1, 2) == 'c:' then
+    redis.call('HDEL', ARGV[2] .. string.sub(field, 3), ARGV[1])
+  end
+end
+redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: registry, sender's bucket, post budget.
-# ARGV: sender, connectedAt (s), max age (s), now (ms), rate/s, burst, posts/s, recipients left out
-#       of the registry's size (1 without echo), read the registry (1) or only touch (0).
-# Returns {0, entries...} when granted; {1, wait ms, first} when the sender is over its rate and
-# {2, wait ms, first} when the post budget cannot cover the publish, where first is 1 for the first
-# refusal since the sender's last granted message (only that one is answered: a flood of refused
-# messages must not become a flood of error replies).
-_PUBLISH_SCRIPT = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+# KEYS: registry, sender's bucket, post budget, sender's hash, the audience (registry or channel).
+# ARGV: 1 sender ('' for a backend publish: no sender, no rate), 2 value, 3 max age (s), 4 now (ms),
+#       5 rate/s, 6 burst, 7 posts/s, 8 mode (publish, ping, subscribe, unsubscribe), 9 channel ('' for
+#       every connection), 10 echo (1/0), 11 enforce permissions (1/0), 12 max channels, 13 expire-at (s).
+# Returns {0, lost, entries...} for a publish, {0, lost} otherwise; {1, wait ms, first} when the
+# sender is over its rate, {2, wait ms, first} when the post budget cannot cover the publish (first:
+# the first refusal since the sender's last granted message, the only one answered), {3} when the
+# channel is not allowed, {4} when the sender is in too many channels. Refusals write nothing else.
+_MESSAGE_SCRIPT = (
+    _ALLOWED_LUA
+    + """
+local sender, mode, channel = ARGV[1], ARGV[8], ARGV[9]
+local lost = 0
+if sender ~= '' and redis.call('HSETNX', KEYS[1], sender, ARGV[2]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  lost = 1
 end
 local now = tonumber(ARGV[4])
 local function level(key, rate, capacity)
@@ -95,25 +157,38 @@ local function level(key, rate, capacity)
 end
 local function refuse(kind, tokens, need, rate)
   local wait = math.ceil((need - tokens) * 1000 / rate)
+  if sender == '' then return {kind, wait, 1} end
   local first = redis.call('HSETNX', KEYS[2], 'told', 1)
   if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], wait + 1000) end
   return {kind, wait, first}
 end
 local rate, burst, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local enforce = ARGV[11] == '1'
 local sender_tokens, posts_tokens, cost
-if rate > 0 then
+if sender ~= '' and rate > 0 then
   sender_tokens = level(KEYS[2], rate, burst)
   if sender_tokens < 1 then return refuse(1, sender_tokens, 1, rate) end
 end
-local read = ARGV[9] == '1'
-if read and budget > 0 then
-  cost = math.max(0, redis.call('HLEN', KEYS[1]) - tonumber(ARGV[8]))
-  posts_tokens = level(KEYS[3], budget, budget)
-  local need = math.min(cost, budget)
-  if posts_tokens < need then return refuse(2, posts_tokens, need, budget) end
+if mode == 'publish' then
+  if channel ~= '' and sender ~= '' and enforce and not allowed(redis.call('HGET', KEYS[4], '#p'), channel) then
+    return {3}
+  end
+  if budget > 0 then
+    cost = redis.call('HLEN', KEYS[5])
+    if ARGV[10] ~= '1' and sender ~= '' and redis.call('HEXISTS', KEYS[5], sender) == 1 then cost = cost - 1 end
+    posts_tokens = level(KEYS[3], budget, budget)
+    local need = math.min(cost, budget)
+    if posts_tokens < need then return refuse(2, posts_tokens, need, budget) end
+  end
+elseif mode == 'subscribe' then
+  if enforce and not allowed(redis.call('HGET', KEYS[4], '#s'), channel) then return {3} end
+  if redis.call('HEXISTS', KEYS[4], 'c:' .. channel) == 0 then
+    local joined = redis.call('HLEN', KEYS[4]) - redis.call('HEXISTS', KEYS[4], '#s') - redis.call('HEXISTS', KEYS[4], '#p')
+    if joined >= tonumber(ARGV[12]) then return {4} end
+  end
 end
-redis.call('HDEL', KEYS[2], 'told')
-if rate > 0 then
+if sender ~= '' then redis.call('HDEL', KEYS[2], 'told') end
+if sender_tokens then
   redis.call('HSET', KEYS[2], 'tokens', sender_tokens - 1, 'at', now)
   redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
 end
@@ -121,11 +196,22 @@ if posts_tokens then
   redis.call('HSET', KEYS[3], 'tokens', posts_tokens - cost, 'at', now)
   redis.call('PEXPIRE', KEYS[3], math.ceil(math.max(cost, budget) * 1000 / budget) + 1000)
 end
-if not read then return {0} end
-local reply = redis.call('HGETALL', KEYS[1])
+if mode == 'subscribe' then
+  redis.call('HSET', KEYS[5], sender, ARGV[2])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+  redis.call('HSET', KEYS[4], 'c:' .. channel, 1)
+  redis.call('EXPIREAT', KEYS[4], ARGV[13])
+elseif mode == 'unsubscribe' then
+  redis.call('HDEL', KEYS[5], sender)
+  redis.call('HDEL', KEYS[4], 'c:' .. channel)
+end
+if mode ~= 'publish' then return {0, lost} end
+local reply = redis.call('HGETALL', KEYS[5])
+table.insert(reply, 1, lost)
 table.insert(reply, 1, 0)
 return reply
 """
+)
 
 
 class RegistryUnavailable(Exception):
@@ -156,6 +242,22 @@ class OverCapacity(OverLimit):
     """The whole API's post budget (``MAX_POSTS_PER_SECOND``) cannot cover this publish now."""
 
 
+class ChannelRefused(Exception):
+    """A subscribe or a channel publish refused; nothing was written."""
+
+
+class ChannelForbidden(ChannelRefused):
+    """The connection's token does not allow this channel."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"not allowed: {channel}")
+        self.channel = channel
+
+
+class TooManyChannels(ChannelRefused):
+    """The connection is already in ``CHANNELS_PER_CONNECTION`` channels."""
+
+
 _REFUSALS = {1: RateLimited, 2: OverCapacity}
 
 
@@ -170,10 +272,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The registry as one publish sees it."""
+    """The audience as one publish sees it; ``lost``: Redis had lost the sender (it is back now)."""
 
     live: list[str]
     stale: list[str]
+    lost: bool = False
 
 
 def redis_client(settings: Settings, session: Any = None) -> redis.Redis | RedisCluster:
@@ -211,6 +314,8 @@ class ConnectionRegistry:
         prefix: str,
         max_age_seconds: int,
         limits: Limits = Limits(),
+        enforce_channel_permissions: bool = False,
+        channels_per_connection: int = 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -218,9 +323,12 @@ class ConnectionRegistry:
         self._key = registry_key(prefix)
         self._max_age_seconds = max_age_seconds
         self._limits = limits
+        self._enforce = enforce_channel_permissions
+        self._channels_per_connection = channels_per_connection
         self._clock = clock
-        self._register = client.register_script(_REGISTER_SCRIPT)
-        self._publish = client.register_script(_PUBLISH_SCRIPT)
+        self._connect = client.register_script(_CONNECT_SCRIPT)
+        self._leave = client.register_script(_LEAVE_SCRIPT)
+        self._message = client.register_script(_MESSAGE_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> ConnectionRegistry:
@@ -233,82 +341,164 @@ class ConnectionRegistry:
                 publish_burst=settings.publish_burst,
                 max_posts_per_second=settings.max_posts_per_second,
             ),
+            enforce_channel_permissions=settings.auth.mode == "jwt",
+            channels_per_connection=settings.channels_per_connection,
         )
 
-    def add(self, connection_id: str, connected_at_ms: int, principal: str | None = None) -> None:
-        """Register a connection; ``connected_at_ms`` is API Gateway's ``connectedAt``."""
+    def add(
+        self,
+        connection_id: str,
+        connected_at_ms: int,
+        principal: str | None = None,
+        permissions: Permissions | None = None,
+        channels: Sequence[str] = (),
+    ) -> None:
+        """Register a connection (``connected_at_ms`` is API Gateway's ``connectedAt``), with what its
+        token lets it do with channels and the channels it asked for at connect.
+
+        Raise ``ChannelForbidden`` or ``TooManyChannels`` (nothing written) when those are refused.
+        """
         _check(connection_id)
         seconds = connected_at_ms // 1000
         value = f"{seconds}:{principal_key(principal)}" if principal else str(seconds)
+        permissions = permissions or Permissions()
         with _unavailable_on_error():
-            self._register(
-                keys=[self._key],
+            reply = self._connect(
+                keys=[self._key, self._connection_key(connection_id), *map(self._channel_key, channels)],
                 args=[
                     connection_id,
                     value,
                     self._max_age_seconds,
                     self._stale_cutoff(),
                     _PRUNE_SAMPLE_SIZE,
+                    seconds + self._max_age_seconds,
+                    1 if self._enforce else 0,
+                    "\n".join(permissions.subscribe),
+                    "\n".join(permissions.publish),
+                    self._channels_per_connection,
+                    *channels,
                 ],
             )
+        _raise_refusal(reply)
 
     def remove(self, connection_id: str) -> None:
+        """Forget a connection and its memberships, in one round trip."""
         _check(connection_id)
         with _unavailable_on_error():
-            self._client.hdel(self._key, connection_id)
+            self._leave(
+                keys=[self._key, self._connection_key(connection_id)],
+                args=[connection_id, self._channel_key("")],
+            )
 
-    def begin_publish(self, sender: str, connected_at_ms: int, *, include_sender: bool) -> Snapshot:
-        """One round trip: re-register the sender, apply both limits, read every registered connection.
+    def begin_publish(
+        self, sender: str, connected_at_ms: int, *, include_sender: bool, channel: str | None = None
+    ) -> Snapshot:
+        """One round trip: re-register the sender, check the channel, apply both limits, read the audience
+        (every connection, or the channel's members).
 
-        Raise ``RateLimited`` or ``OverCapacity`` (nothing read, nothing taken) when a limit refuses.
+        Raise ``RateLimited``, ``OverCapacity`` or ``ChannelForbidden`` when refused: nothing read or taken.
         """
-        reply = self._run_publish_script(
-            sender, connected_at_ms, left_out=0 if include_sender else 1, read=True
-        )
-        cutoff = self._stale_cutoff()
-        live, stale = [], []
-        for index in range(1, len(reply), 2):
-            (stale if _seconds(reply[index + 1]) <= cutoff else live).append(reply[index])
-        return Snapshot(live=live, stale=stale)
+        reply = self._run_message("publish", sender, connected_at_ms, channel=channel, echo=include_sender)
+        return self._snapshot(reply)
 
-    def touch(self, sender: str, connected_at_ms: int) -> None:
-        """A keepalive: re-register the sender if Redis lost it, counting against its rate."""
-        self._run_publish_script(sender, connected_at_ms, left_out=0, read=False)
+    def begin_backend_publish(self, channel: str | None = None) -> Snapshot:
+        """A publish with no sender (``POST /publish``): the post budget, then the audience."""
+        return self._snapshot(self._run_message("publish", "", 0, channel=channel, echo=True))
 
-    def _run_publish_script(self, sender: str, connected_at_ms: int, *, left_out: int, read: bool) -> list:
-        _check(sender)
-        limits = self._limits
+    def touch(self, sender: str, connected_at_ms: int) -> bool:
+        """A keepalive: re-register the sender if Redis lost it (then True), counting against its rate."""
+        return self._run_message("ping", sender, connected_at_ms)[1] == 1
+
+    def subscribe(self, sender: str, connected_at_ms: int, channel: str) -> bool:
+        """Join a channel (allowed by the token, within the per-connection count); True if Redis had lost the sender."""
+        return self._run_message("subscribe", sender, connected_at_ms, channel=channel)[1] == 1
+
+    def unsubscribe(self, sender: str, connected_at_ms: int, channel: str) -> bool:
+        return self._run_message("unsubscribe", sender, connected_at_ms, channel=channel)[1] == 1
+
+    def forget(self, connection_ids: Iterable[str], channel: str | None = None) -> None:
+        """Remove connections that are gone or stale (from the channel published to, too), in one
+        round trip; nothing to do costs nothing. Their other memberships go when found stale or gone."""
+        ids = list(connection_ids)
+        if not ids:
+            return
         with _unavailable_on_error():
-            reply = self._publish(
-                keys=[self._key, f"{{{self._prefix}}}:rate:{sender}", f"{{{self._prefix}}}:posts"],
+            if channel is None:
+                self._client.hdel(self._key, *ids)
+                return
+            pipeline = self._client.pipeline(transaction=False)
+            pipeline.hdel(self._key, *ids)
+            pipeline.hdel(self._channel_key(channel), *ids)
+            pipeline.execute()
+
+    def _run_message(
+        self, mode: str, sender: str, connected_at_ms: int, *, channel: str | None = None, echo: bool = False
+    ) -> list:
+        if sender:
+            _check(sender)
+        limits = self._limits
+        seconds = connected_at_ms // 1000
+        audience = self._key if channel is None else self._channel_key(channel)
+        with _unavailable_on_error():
+            reply = self._message(
+                keys=[
+                    self._key,
+                    self._hash_tagged(f"rate:{sender}"),
+                    self._hash_tagged("posts"),
+                    self._connection_key(sender),
+                    audience,
+                ],
                 args=[
                     sender,
-                    connected_at_ms // 1000,
+                    seconds,
                     self._max_age_seconds,
                     int(self._clock() * 1000),
                     limits.publish_rate_per_second,
                     limits.publish_burst,
                     limits.max_posts_per_second,
-                    left_out,
-                    1 if read else 0,
+                    mode,
+                    channel or "",
+                    1 if echo else 0,
+                    1 if self._enforce else 0,
+                    self._channels_per_connection,
+                    seconds + self._max_age_seconds,
                 ],
             )
         outcome = int(reply[0])
         if outcome in _REFUSALS:
             raise _REFUSALS[outcome](int(reply[1]) / 1000, first=int(reply[2]) == 1)
+        if outcome == 3:
+            raise ChannelForbidden(channel or "")
+        if outcome == 4:
+            raise TooManyChannels(f"at most {self._channels_per_connection} channels")
         return reply
 
-    def forget(self, connection_ids: Iterable[str]) -> None:
-        """Remove connections that are gone or stale, in one command; nothing to do costs nothing."""
-        ids = list(connection_ids)
-        if not ids:
-            return
-        with _unavailable_on_error():
-            self._client.hdel(self._key, *ids)
+    def _snapshot(self, reply: list) -> Snapshot:
+        cutoff = self._stale_cutoff()
+        live, stale = [], []
+        for index in range(2, len(reply), 2):
+            (stale if _seconds(reply[index + 1]) <= cutoff else live).append(reply[index])
+        return Snapshot(live=live, stale=stale, lost=int(reply[1]) == 1)
+
+    def _hash_tagged(self, name: str) -> str:
+        return f"{{{self._prefix}}}:{name}"
+
+    def _connection_key(self, connection_id: str) -> str:
+        return self._hash_tagged(f"conn:{connection_id}")
+
+    def _channel_key(self, channel: str) -> str:
+        return self._hash_tagged(f"ch:{channel}")
 
     def _stale_cutoff(self) -> int:
         """An entry connected at or before this second has reached the maximum age."""
         return int(self._clock()) - self._max_age_seconds
+
+
+def _raise_refusal(reply: list) -> None:
+    if int(reply[0]) == 3:
+        raise ChannelForbidden(reply[1])
+    if int(reply[0]) == 4:
+        raise TooManyChannels("too many channels")
 
 
 def principal_key(principal: str) -> str:

@@ -85,6 +85,9 @@ class Settings:
     publish_rate_per_second: float = 5.0
     publish_burst: int = 20
     max_posts_per_second: int = 5000
+    channels_per_connection: int = 20
+    websocket_api_id: str | None = None
+    websocket_api_stage: str = "api"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -121,7 +124,23 @@ class Settings:
             publish_rate_per_second=_number(env, "PUBLISH_RATE_PER_SECOND", float, 5.0, low=0, high=1000),
             publish_burst=_number(env, "PUBLISH_BURST", int, 20, low=1, high=100_000),
             max_posts_per_second=_number(env, "MAX_POSTS_PER_SECOND", int, 5000, low=0, high=1_000_000),
+            channels_per_connection=_number(env, "CHANNELS_PER_CONNECTION", int, 20, low=1, high=1000),
+            websocket_api_id=env.get("WEBSOCKET_API_ID", "").strip() or None,
+            websocket_api_stage=env.get("WEBSOCKET_API_STAGE", "").strip() or "api",
         )
+
+    @property
+    def websocket_api(self) -> tuple[str, str] | None:
+        """The WebSocket API a backend publish posts through: (api id, stage), or None when unknown.
+
+        With AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI set (the local gateway), that endpoint is used
+        and the id does not matter.
+        """
+        if self.websocket_api_id:
+            return self.websocket_api_id, self.websocket_api_stage
+        if self.management_api_endpoint_override:
+            return "local", self.websocket_api_stage
+        return None
 
 
 def _redis_url(env: Mapping[str, str]) -> str:

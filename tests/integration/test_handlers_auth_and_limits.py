@@ -15,8 +15,6 @@ import redis
 
 from chalicelib import envelope
 from chalicelib.registry import principal_key, registry_key
-from testing.apigw import Connection
-from testing.lambda_context import LambdaContext
 from tests.support.gateway_driver import GatewayDriver
 from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
 
@@ -32,14 +30,7 @@ def jwt_stage(monkeypatch):
 
 
 def connect_with(gateway: GatewayDriver, headers: dict | None = None, query: dict | None = None):
-    connection = Connection()
-    event = connection.connect_event(
-        headers=list((headers or {}).items()), query_string=urlencode(query or {})
-    )
-    response = gateway.app.connect(event, LambdaContext())
-    if response["statusCode"] == 200:
-        gateway.management_api.open(connection.connection_id)
-    return connection, response
+    return gateway.connect(headers=headers, query_string=urlencode(query or {}))
 
 
 def test_a_valid_token_lets_a_browser_in_with_the_subprotocol_selected(jwt_stage, gateway):

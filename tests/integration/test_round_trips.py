@@ -12,8 +12,17 @@ def command_log(redis_server, gateway):
     log.close()
 
 
+def warm(gateway) -> None:
+    """A warm container: its Redis connection open and every script loaded (the first use of a
+    script in a fresh Redis costs a SCRIPT LOAD once)."""
+    warmer, _ = gateway.connect()
+    for message in ({"type": 0}, {"action": "ping"}, {"action": "subscribe", "channel": "warm"}):
+        gateway.send(warmer, message)
+    gateway.disconnect(warmer)
+
+
 def test_connect_disconnect_and_publish_cost_one_command_each(gateway, management_api, command_log):
-    # GIVEN a warm container (its Redis connection open and its script loaded)
+    warm(gateway)
     alice, _ = gateway.connect()
     command_log.commands_until_now()
 
@@ -31,12 +40,31 @@ def test_connect_disconnect_and_publish_cost_one_command_each(gateway, managemen
     assert command_log.commands_until_now() == ["EVALSHA"]
 
     gateway.disconnect(bob)
-    assert command_log.commands_until_now() == ["HDEL"]
+    assert command_log.commands_until_now() == ["EVALSHA"]
+
+
+def test_channels_cost_one_command_per_event(gateway, management_api, command_log):
+    warm(gateway)
+    alice, _ = gateway.connect()
+    bob, _ = gateway.connect(query_string="channels=room-1,room-2")
+    command_log.commands_until_now()
+
+    gateway.send(alice, {"action": "subscribe", "channel": "room-1"})
+    management_api.wait_for(alice.connection_id, 1)
+    assert command_log.commands_until_now() == ["EVALSHA"]
+
+    gateway.send(alice, {"type": 1, "channel": "room-1"})
+    management_api.wait_for(bob.connection_id, 1)
+    assert command_log.commands_until_now() == ["EVALSHA"], "the channel's members only, in the same script"
+
+    gateway.disconnect(bob)
+    assert command_log.commands_until_now() == ["EVALSHA"], "out of every channel in the same round trip"
 
 
 def test_a_publish_with_gone_connections_costs_one_more_command_whatever_their_number(
     gateway, management_api, command_log
 ):
+    warm(gateway)
     alice, _ = gateway.connect()
     gone = [gateway.connect()[0] for _ in range(5)]
     for connection in gone:

@@ -19,9 +19,12 @@ class GatewayDriver:
         self.app = app_module
         self.management_api = management_api
 
-    def connect(self, connection: Connection | None = None) -> tuple[Connection, dict]:
+    def connect(
+        self, connection: Connection | None = None, *, headers: dict | None = None, query_string: str = ""
+    ) -> tuple[Connection, dict]:
         connection = connection or Connection()
-        response = self.app.connect(connection.connect_event(), LambdaContext())
+        event = connection.connect_event(headers=list((headers or {}).items()), query_string=query_string)
+        response = self.app.connect(event, LambdaContext())
         if 200 <= response["statusCode"] < 300:
             self.management_api.open(connection.connection_id)
         return connection, response
