@@ -7,7 +7,7 @@ LOCALGW_ARGS ?=
 # The Chalice stage `make run` serves: dev (AUTH_MODE=none) or dev-jwt (tokens from `make token`).
 RUN_STAGE ?= dev
 
-.PHONY: test run lint bench token
+.PHONY: test run lint bench token publish
 
 ## make test: install everything the suite needs (venv, redis-server, wscat), then run the whole suite.
 test:
@@ -18,6 +18,12 @@ test:
 run:
 	scripts/bootstrap run
 	$(PY) -m localgw --chalice-stage $(RUN_STAGE) $(LOCALGW_ARGS)
+
+## make publish [url=URL] [message=JSON]: publish from a backend through POST /publish, signed with your
+## AWS credentials (clients/python/publish.py); url defaults to `make run`'s.
+publish:
+	@scripts/bootstrap python
+	@$(PY) clients/python/publish.py $(or $(url),http://localhost:8000/publish) '$(or $(message),{"type": 1, "data": "from a backend"})'
 
 ## make token [sub=NAME]: a one-hour token for `make run RUN_STAGE=dev-jwt`, and a wscat line that uses it.
 token:

@@ -1,0 +1,99 @@
+"""The backend's publish helper against a real HTTP endpoint that checks its SigV4 signature as API
+Gateway's IAM authorizer does (region, service, date, session token, host)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+
+from testing.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN
+from testing.sigv4 import Expected, signature_problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
+from publish import PublishError, _region, publish
+
+
+@pytest.fixture
+def publish_route():
+    """POST /api/publish that refuses a request API Gateway's IAM authorizer would refuse (403)."""
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            expected = Expected(
+                keys={ACCESS_KEY_ID: (SECRET_ACCESS_KEY, SESSION_TOKEN)},
+                region="us-east-1",
+                host=self.headers["Host"],
+            )
+            url = f"http://{self.headers['Host']}{self.path}"
+            problem = signature_problem("POST", url, self.headers, body, expected)
+            if problem:
+                self._answer(403, {"message": problem})
+                return
+            message = json.loads(body)
+            received.append(message)
+            if message.get("type") is None:
+                self._answer(400, {"error": {"code": "missing_type", "message": "no type"}})
+                return
+            self._answer(200, {"recipients": 2, "delivered": 2, "gone": 0, "failed": 0})
+
+        def _answer(self, status: int, document: dict) -> None:
+            payload = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/api/publish", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_signed_publish_is_accepted_and_answers_the_report(publish_route):
+    url, received = publish_route
+    report = publish(url, {"type": 7, "data": {"order": 42}, "channel": "orders"})
+    assert report == {"recipients": 2, "delivered": 2, "gone": 0, "failed": 0}
+    assert received == [{"type": 7, "data": {"order": 42}, "channel": "orders"}]
+
+
+def test_a_refusal_raises_with_the_services_error(publish_route):
+    url, _ = publish_route
+    with pytest.raises(PublishError) as refused:
+        publish(url, {"data": 1})
+    assert (refused.value.status, refused.value.error["code"]) == (400, "missing_type")
+
+
+def test_other_credentials_are_refused_by_the_authorizer(publish_route):
+    url, _ = publish_route
+    stranger = boto3.session.Session(
+        aws_access_key_id="AKIDSTRANGER", aws_secret_access_key="x", region_name="us-east-1"
+    )
+    with pytest.raises(PublishError) as refused:
+        publish(url, {"type": 1}, session=stranger)
+    assert refused.value.status == 403
+
+
+def test_the_region_comes_from_the_execute_api_host():
+    session = boto3.session.Session(region_name="us-east-1")
+    assert (
+        _region("https://a1b2c3d4e5.execute-api.eu-west-3.amazonaws.com/api/publish", session) == "eu-west-3"
+    )
+    assert (
+        _region("https://a1b2c3d4e5.execute-api.cn-north-1.amazonaws.com.cn/api/publish", session)
+        == "cn-north-1"
+    )
+    assert _region("http://localhost:8000/publish", session) == "us-east-1"
