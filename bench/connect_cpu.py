@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import statistics
 
-from bench.common import Figure, use_dummy_aws
+from bench.common import Figure
 from bench.cpu_per_recipient import process_cpu_seconds
+from testing.aws import use_dummy_aws
 
 CONNECTS = 200
 ROUNDS = 5
