@@ -57,7 +57,10 @@ def add_bytecode(archive: Path) -> tuple[int, list[str]]:
         warnings.simplefilter("ignore")
         work = Path(tmp)
         rebuilt = work / "deployment.zip"
-        with zipfile.ZipFile(archive) as source, zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_DEFLATED) as target:
+        with (
+            zipfile.ZipFile(archive) as source,
+            zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_DEFLATED) as target,
+        ):
             names = set(source.namelist())
             compiled: list[tuple[str, Path]] = []
             for info in source.infolist():
@@ -105,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     compiled, skipped = add_bytecode(args.archive)
     print(f"ship_bytecode: {compiled} modules compiled for {RUNTIME} into {args.archive}")
     if skipped:
-        print(f"ship_bytecode: {len(skipped)} sources do not compile on {RUNTIME}, left as they are:", file=sys.stderr)
+        print(
+            f"ship_bytecode: {len(skipped)} sources do not compile on {RUNTIME}, left as they are:",
+            file=sys.stderr,
+        )
         for name in skipped:
             print(f"  {name}", file=sys.stderr)
     return 0
