@@ -172,6 +172,6 @@ def run(tmp_dir) -> list[Figure]:
                 median["ours"] * scale,
                 median["minimal"] * scale,
                 f"minimal app at {memory} MB",
-            )  # fmt: skip
+            )
         )
     return figures
