@@ -1,8 +1,9 @@
 """The deploy Make targets, run for real with stand-ins for `aws` and `chalice` that record their arguments.
 
-The stand-ins are put first on PATH (`aws`) and passed as CHALICE (so `make package` inside `make deploy`
-does not rebuild the zip: tests/deploy/test_infra_package.py runs the real `chalice package`). Each call
-is checked against the AWS CLI's real options, so a typo in a command line fails here, not in a deploy.
+The stand-ins (tests/deploy/stand_in.py) are put first on PATH (`aws`) and passed as CHALICE (so `make
+package` inside `make deploy` does not rebuild the zip: tests/deploy/conftest.py runs the real `make
+package`). Each call is checked against the AWS CLI's real options, so a typo in a command line fails
+here, not in a deploy.
 """
 
 from __future__ import annotations

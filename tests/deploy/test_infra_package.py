@@ -329,8 +329,30 @@ def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(temp
     assert not [a for s in others for a in _actions(s) if a.startswith(("ssm:", "kms:"))]
 
 
+def _deployed(value, template: dict):
+    """``value`` as CloudFormation resolves it when every parameter keeps its default (Ref, Fn::If);
+    AWS::NoValue and other intrinsics are returned as they are."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, argument),) = value.items()
+        if key == "Ref" and argument in template["Parameters"]:
+            return str(template["Parameters"][argument]["Default"])
+        if key == "Fn::If":
+            condition, when_true, when_false = argument
+            holds = _holds(template["Conditions"][condition], template)
+            return _deployed(when_true if holds else when_false, template)
+    return value
+
+
+def _holds(condition: dict, template: dict) -> bool:
+    ((key, argument),) = condition.items()
+    if key == "Fn::Not":
+        return not _holds(argument[0], template)
+    assert key == "Fn::Equals", key
+    return str(_deployed(argument[0], template)) == str(_deployed(argument[1], template))
+
+
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_every_function_gets_the_auth_settings_from_the_parameters(resources, function):
+def test_every_function_gets_the_auth_settings_from_the_parameters(template, resources, function):
     env = resources[function]["Properties"]["Environment"]["Variables"]
     assert env["AUTH_MODE"] == "jwt"
     assert env["AUTH_JWT_SECRET_PARAMETER"] == {
@@ -340,6 +362,21 @@ def test_every_function_gets_the_auth_settings_from_the_parameters(resources, fu
     assert env["AUTH_ISSUER"] == {"Ref": "AuthIssuer"}
     assert env["AUTH_AUDIENCE"] == {"Ref": "AuthAudience"}
     assert env["ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}
+    # As deployed with the defaults: exactly one key source, the SSM parameter.
+    deployed = {name: _deployed(value, template) for name, value in env.items()}
+    auth = {name: value for name, value in deployed.items() if isinstance(value, str)}
+    assert {
+        name: auth.get(name) for name in ("AUTH_JWT_SECRET_PARAMETER", "AUTH_JWKS_URL", "AUTH_JWT_SECRET")
+    } == {
+        "AUTH_JWT_SECRET_PARAMETER": "/ws-broadcast/prod/jwt-secret",
+        "AUTH_JWKS_URL": None,
+        "AUTH_JWT_SECRET": None,
+    }
+    assert (auth["AUTH_ISSUER"], auth["AUTH_AUDIENCE"], auth["ALLOWED_ORIGINS"]) == (
+        "ws-broadcast",
+        "ws-broadcast",
+        "",
+    )
 
 
 # ------------------------------------------------------------------------------------------ limits, logs
