@@ -45,44 +45,86 @@ lint:
 # Deploy (infra/README.md). Two paths:
 #   make deploy bucket=BUCKET stack=STACK   one CloudFormation stack: network + cache + the Chalice app
 #   make network stack=STACK                the network + cache stack alone, then its outputs are
-#                                           written into .chalice/config.json; then `chalice deploy`
-# AWS_PROFILE / AWS_DEFAULT_REGION select the account and region, as for any AWS CLI call.
+#                                           written into .chalice/config.json; then make chalice-deploy
+# Every target below calls AWS with the environment make was started with: export AWS_PROFILE and
+# AWS_DEFAULT_REGION once in the shell (a prefix on one command covers that command only).
 STAGE ?= prod
 OUT ?= out
 BUILD ?= build
 AWS ?= aws
 CHALICE ?= $(VENV)/bin/chalice
+CHECKOV_VENV ?= .venv-checkov
 # Replication group id and ElastiCache user prefix: unique per account and region, lowercase.
 cache ?= $(shell echo '$(stack)' | tr '[:upper:]' '[:lower:]')
+# The SSM SecureString with the HS256 secret (the template's AuthJwtSecretParameter).
+secret ?= /ws-broadcast/prod/jwt-secret
 MERGE_TEMPLATE := $(BUILD)/merge-template.json
+STACK_STEP := AWS=$(AWS) CHALICE=$(CHALICE) $(PY) scripts/aws_stack.py
 
-.PHONY: package deploy network chalice-config
+.PHONY: package checkov bucket secret deploy endpoint destroy network chalice-config chalice-deploy
 
-## make package: one template ($(OUT)/sam.json) = chalice's app + infra/network.yaml + infra/app.yaml.
+## make package: one template ($(OUT)/sam.json) = chalice's app + infra/network.yaml + infra/app.yaml, and
+## the code ($(OUT)/deployment.zip) with the bytecode of the runtime's Python.
 package:
 	scripts/bootstrap python
+	$(PY) scripts/lambda_runtime.py
 	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml -o $(MERGE_TEMPLATE)
 	@# chalice wants a region even to package; the template does not depend on it (it uses AWS::Region).
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
 	$(PY) scripts/compose_template.py --verify $(OUT)/sam.json
+	$(PY) scripts/ship_bytecode.py $(OUT)/deployment.zip --template $(OUT)/sam.json
+
+## make checkov: checkov on the merged template of the last `make package` (skips justified in infra/README.md).
+## checkov pins versions that conflict with the test tools, so it lives in a virtual environment of its own.
+checkov:
+	@test -f $(OUT)/sam.json || { echo "make checkov: no $(OUT)/sam.json: run make package first" >&2; exit 2; }
+	@test -x $(CHECKOV_VENV)/bin/checkov || { python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt; }
+	$(CHECKOV_VENV)/bin/checkov --config-file infra/checkov.yaml -f $(OUT)/sam.json
+
+## make bucket bucket=BUCKET: create the S3 bucket for the code, in the region the stack will use.
+bucket:
+	@test -n "$(bucket)" || { echo "make bucket: bucket is missing: make bucket bucket=<new globally unique name>" >&2; exit 2; }
+	scripts/bootstrap python
+	$(STACK_STEP) bucket $(bucket)
+
+## make secret [secret=NAME]: a random HS256 secret in the SSM SecureString NAME (fails if it exists).
+secret:
+	scripts/bootstrap python
+	$(STACK_STEP) secret $(secret)
 
 ## make deploy bucket=BUCKET stack=STACK [cache=NAME] [params="NatGateways=2 ..."]: upload the code to
-## BUCKET, deploy the one stack STACK (params: more infra/network.yaml parameters).
+## BUCKET (under STACK/), deploy the one stack STACK (params: more template parameters, infra/README.md).
 deploy:
 	@test -n "$(bucket)" || { echo "make deploy: bucket is missing: make deploy bucket=<S3 bucket for the code> stack=<stack name>" >&2; exit 2; }
 	@test -n "$(stack)" || { echo "make deploy: stack is missing: make deploy bucket=<S3 bucket for the code> stack=<stack name>" >&2; exit 2; }
 	$(MAKE) --no-print-directory package
-	$(AWS) cloudformation package --template-file $(OUT)/sam.json --s3-bucket $(bucket) --output-template-file $(OUT)/packaged.yaml
+	$(STACK_STEP) check-bucket $(bucket)
+	$(AWS) cloudformation package --template-file $(OUT)/sam.json --s3-bucket $(bucket) --s3-prefix $(stack) --output-template-file $(OUT)/packaged.yaml
 	$(AWS) cloudformation deploy --template-file $(OUT)/packaged.yaml --stack-name $(stack) --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
-	@echo "WebSocket endpoint: $(AWS) cloudformation describe-stacks --stack-name $(stack) --query \"Stacks[0].Outputs[?OutputKey=='WebsocketConnectEndpointURL'].OutputValue\" --output text"
+	@echo "next: make endpoint stack=$(stack)"
+
+## make endpoint stack=STACK: the wss:// URL (stack output WebsocketConnectEndpointURL, or chalice's
+## record for a network stack) and a first wscat line.
+endpoint:
+	@test -n "$(stack)" || { echo "make endpoint: stack is missing: make endpoint stack=<stack name>" >&2; exit 2; }
+	@scripts/bootstrap python
+	@$(STACK_STEP) endpoint $(stack) --stage $(STAGE)
+
+## make destroy stack=STACK [bucket=BUCKET] [secret=NAME]: delete what the deploy made, in order, and wait:
+## for a network stack, first the chalice app, its log groups and the functions' network interfaces.
+## bucket= also removes the code under s3://BUCKET/STACK/; secret= (named explicitly) the SSM parameter.
+destroy:
+	@test -n "$(stack)" || { echo "make destroy: stack is missing: make destroy stack=<stack name>" >&2; exit 2; }
+	scripts/bootstrap python
+	$(STACK_STEP) destroy $(stack) --stage $(STAGE) $(if $(bucket),--bucket $(bucket)) $(if $(filter command line,$(origin secret)),--secret $(secret))
 
 ## make network stack=STACK [cache=NAME] [params=...]: deploy infra/network.yaml alone, then write its outputs into
-## .chalice/config.json (stage $(STAGE)); then run: $(CHALICE) deploy --stage $(STAGE)
+## .chalice/config.json (stage $(STAGE)); then: make chalice-deploy
 network:
 	@test -n "$(stack)" || { echo "make network: stack is missing: make network stack=<stack name for the network and cache>" >&2; exit 2; }
 	$(AWS) cloudformation deploy --template-file infra/network.yaml --stack-name $(stack) --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
 	$(MAKE) --no-print-directory chalice-config stack=$(stack)
-	@echo "next: $(CHALICE) deploy --stage $(STAGE)"
+	@echo "next: make chalice-deploy"
 
 ## make chalice-config stack=STACK: (re)write .chalice/config.json stage $(STAGE) from the stack's outputs.
 chalice-config:
@@ -91,3 +133,9 @@ chalice-config:
 	@mkdir -p $(BUILD)
 	$(AWS) cloudformation describe-stacks --stack-name $(stack) --output json > $(BUILD)/stack-$(stack).json
 	$(PY) scripts/write_chalice_config.py --describe-stacks $(BUILD)/stack-$(stack).json --stage $(STAGE)
+
+## make chalice-deploy: `chalice deploy --stage $(STAGE)` with the same AWS_PROFILE / AWS_DEFAULT_REGION.
+chalice-deploy:
+	scripts/bootstrap python
+	$(PY) scripts/lambda_runtime.py
+	$(CHALICE) deploy --stage $(STAGE)

@@ -4,8 +4,9 @@
     scripts/compose_template.py infra/network.yaml infra/app.yaml -o build/merge-template.json
 
 infra/network.yaml is a complete template (`make network` deploys it alone); infra/app.yaml holds
-overrides for resources chalice generates. Top-level sections are joined key by key; the same key in
-two files is an error (so an override cannot silently shadow a network resource). Keys starting
+overrides for resources chalice generates, and the resources and parameters the app part adds.
+Top-level sections are joined key by key; the same key in two files is an error (so an override
+cannot silently shadow a network resource). Keys starting
 with ``x-`` (YAML anchor holders) are dropped. Short-form intrinsics (!Ref, !Sub...) are read with
 chalice's own YAML loader, the one its merge uses, and written in their long JSON form.
 """

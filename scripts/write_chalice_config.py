@@ -10,9 +10,14 @@ For the stage it sets, and leaves everything else in the file as it was:
   - ``environment_variables`` REDIS_URL, REDIS_AUTH, REDIS_IAM_USER_ID, REDIS_IAM_CACHE_NAME (and the
     same names where a function overrides them, so no stale value wins);
   - ``autogen_policy: false`` with ``iam_policy_file: policy-<stage>.json``, written next to the config:
-    chalice's generated policy has neither ``elasticache:Connect`` (IAM authentication) nor a scoped
-    ``execute-api:ManageConnections``. The API does not exist yet when this runs, so the scope is this
-    account and region (the one-stack path, `make deploy`, scopes it to the API itself).
+    chalice's generated policy has neither ``elasticache:Connect`` (IAM authentication), nor a scoped
+    ``execute-api:ManageConnections``, nor ``ssm:GetParameter`` on the stage's AUTH_JWT_SECRET_PARAMETER
+    (granted on that one parameter; none when the stage verifies tokens with AUTH_JWKS_URL). The API
+    does not exist yet when this runs, so the ManageConnections scope is this account and region (the
+    one-stack path, `make deploy`, scopes it to the API itself);
+  - ``log_retention_in_days`` (chalice then creates each function's log group with that retention, and
+    `chalice delete` removes it) and websocket_message's ``reserved_concurrency``, as the template's
+    LogRetentionDays and MessageReservedConcurrency do on the one-stack path.
 """
 
 from __future__ import annotations
@@ -63,7 +68,25 @@ def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str, str]
     return outputs, arn[1], arn[3], arn[4]
 
 
-def policy(outputs: dict[str, str], partition: str, region: str, account: str) -> dict:
+def secret_parameter(config: dict, stage: str) -> str | None:
+    """The SSM parameter the stage reads its HS256 secret from (None with a JWKS URL)."""
+    env = {**config.get("environment_variables", {})}
+    env.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
+    if env.get("AUTH_JWKS_URL"):
+        return None
+    return env.get("AUTH_JWT_SECRET_PARAMETER")
+
+
+def policy(
+    outputs: dict[str, str], partition: str, region: str, account: str, secret: str | None = None
+) -> dict:
+    read_secret = {
+        "Sid": "ReadTheJwtSecret",
+        "Effect": "Allow",
+        "Action": "ssm:GetParameter",
+        # A name with a leading slash is appended as it is: parameter/a/b, never parameter//a/b.
+        "Resource": f"arn:{partition}:ssm:{region}:{account}:parameter/{(secret or '').lstrip('/')}",
+    }
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -96,12 +119,21 @@ def policy(outputs: dict[str, str], partition: str, region: str, account: str) -
                 "Action": "elasticache:Connect",
                 "Resource": [outputs["RedisReplicationGroupArn"], outputs["RedisIamUserArn"]],
             },
+            *([read_secret] if secret else []),
         ],
     }
 
 
-def update_config(config: dict, stage: str, outputs: dict[str, str], policy_file: str) -> dict:
-    """Return ``config`` with the stage wired to the stack's outputs; other keys are kept."""
+def update_config(
+    config: dict,
+    stage: str,
+    outputs: dict[str, str],
+    policy_file: str,
+    log_retention_days: int = 30,
+    message_reserved_concurrency: int = 100,
+) -> dict:
+    """Return ``config`` with the stage wired to the stack's outputs; other keys are kept.
+    ``message_reserved_concurrency`` 0 means no reservation."""
     subnets = [s.strip() for s in outputs["PrivateSubnetIds"].split(",") if s.strip()]
     groups = [outputs["FunctionSecurityGroupId"]]
     env = {
@@ -114,6 +146,7 @@ def update_config(config: dict, stage: str, outputs: dict[str, str], policy_file
     stage_config.setdefault("environment_variables", {}).update(env)
     stage_config["autogen_policy"] = False
     stage_config["iam_policy_file"] = policy_file
+    stage_config["log_retention_in_days"] = log_retention_days
     # The VPC goes where the stage already puts it: at the stage level (every function of the stage)
     # when it is there, else on each WebSocket function; a function-level value always wins in chalice,
     # so any that exists is rewritten too.
@@ -130,8 +163,13 @@ def update_config(config: dict, stage: str, outputs: dict[str, str], policy_file
         overridden = function.get("environment_variables", {})
         for key in env.keys() & overridden.keys():
             overridden[key] = env[key]
-        for key in ("autogen_policy", "iam_policy_file"):
+        for key in ("autogen_policy", "iam_policy_file", "log_retention_in_days"):
             function.pop(key, None)
+    message = functions["websocket_message"]
+    if message_reserved_concurrency:
+        message["reserved_concurrency"] = message_reserved_concurrency
+    else:
+        message.pop("reserved_concurrency", None)
     return config
 
 
@@ -142,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stage", default="prod")
     parser.add_argument("--config", type=Path, default=Path(".chalice/config.json"))
+    parser.add_argument("--log-retention-days", type=int, default=30)
+    parser.add_argument("--message-reserved-concurrency", type=int, default=100, help="0: no reservation")
     args = parser.parse_args(argv)
     try:
         outputs, partition, region, account = stack_outputs(json.loads(args.describe_stacks.read_text()))
@@ -150,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"write_chalice_config: {error}", file=sys.stderr)
         return 1
     policy_file = f"policy-{args.stage}.json"
-    update_config(config, args.stage, outputs, policy_file)
+    secret = secret_parameter(config, args.stage)
+    update_config(
+        config, args.stage, outputs, policy_file, args.log_retention_days, args.message_reserved_concurrency
+    )
     (args.config.parent / policy_file).write_text(
-        json.dumps(policy(outputs, partition, region, account), indent=2) + "\n"
+        json.dumps(policy(outputs, partition, region, account, secret), indent=2) + "\n"
     )
     args.config.write_text(json.dumps(config, indent=2) + "\n")
     print(f"write_chalice_config: stage {args.stage} of {args.config} now uses the stack's network and cache")

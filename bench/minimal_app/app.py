@@ -5,6 +5,7 @@ import redis  # noqa: F401 - imported for its cost, as any Redis-backed app pays
 from chalice import Chalice
 
 app = Chalice(app_name="minimal")
+app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.websocket_api.session = boto3.session.Session()
 
 

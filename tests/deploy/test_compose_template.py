@@ -49,17 +49,28 @@ def test_the_same_resource_in_two_files_is_an_error(tmp_path):
 
 
 def test_infra_overrides_touch_only_resources_chalice_generates():
-    # app.yaml may only override chalice's resources; network.yaml must be a whole template.
+    # app.yaml's resources without a Type override chalice's; those with one are the app part's own
+    # (log groups, access logging); network.yaml must be a whole template.
     from chalice.package import YAMLTemplateSerializer
 
-    overrides = YAMLTemplateSerializer().load_template((ROOT / "infra" / "app.yaml").read_text())
-    assert set(overrides["Resources"]) == {
+    app = YAMLTemplateSerializer().load_template((ROOT / "infra" / "app.yaml").read_text())
+    overrides = {name for name, resource in app["Resources"].items() if "Type" not in resource}
+    assert overrides == {
         "WebsocketConnect",
         "WebsocketMessage",
         "WebsocketDisconnect",
         "DefaultRole",
+        "WebsocketAPIStage",
     }
-    assert all("Type" not in r for r in overrides["Resources"].values())
+    added = {name: r["Type"] for name, r in app["Resources"].items() if name not in overrides}
+    assert added == {
+        "WebsocketConnectLogGroup": "AWS::Logs::LogGroup",
+        "WebsocketMessageLogGroup": "AWS::Logs::LogGroup",
+        "WebsocketDisconnectLogGroup": "AWS::Logs::LogGroup",
+        "WebsocketAccessLogGroup": "AWS::Logs::LogGroup",
+        "ApiGatewayCloudWatchRole": "AWS::IAM::Role",
+        "ApiGatewayAccount": "AWS::ApiGateway::Account",
+    }
     network = YAMLTemplateSerializer().load_template((ROOT / "infra" / "network.yaml").read_text())
     assert all("Type" in r for r in network["Resources"].values())
 

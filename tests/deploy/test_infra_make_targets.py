@@ -1,40 +1,24 @@
 """The deploy Make targets, run for real with stand-ins for `aws` and `chalice` that record their arguments.
 
-The stand-ins are put first on PATH (`aws`) and passed as CHALICE (so `make package` inside `make deploy`
-does not rebuild the zip: tests/deploy/test_infra_package.py runs the real `chalice package`). Each call
-is checked against the AWS CLI's real options, so a typo in a command line fails here, not in a deploy.
+The stand-ins (tests/deploy/stand_in.py) are put first on PATH (`aws`) and passed as CHALICE (so `make
+package` inside `make deploy` does not rebuild the zip: tests/deploy/conftest.py runs the real `make
+package`). Each call is checked against the AWS CLI's real options, so a typo in a command line fails
+here, not in a deploy.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(__file__).parent / "fixtures" / "describe-stacks-network.json"
+from tests.deploy import stand_in
 
-# A stand-in that appends its argv to $RECORD (one JSON list per line) and fakes what the caller reads.
-STUB = textwrap.dedent(
-    """\
-    #!{python}
-    import json, os, sys
-    args = sys.argv[1:]
-    with open(os.environ["RECORD"], "a") as record:
-        record.write(json.dumps([os.path.basename(sys.argv[0]), *args]) + "\\n")
-    if args[:2] == ["cloudformation", "describe-stacks"]:
-        sys.stdout.write(open(os.environ["DESCRIBE_STACKS"]).read())
-    if args[:1] == ["package"]:  # chalice package ... OUT
-        os.makedirs(args[-1], exist_ok=True)
-        open(os.path.join(args[-1], "sam.json"), "w").write("{{}}")
-    """
-)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -50,35 +34,21 @@ def sandbox(tmp_path):
             shutil.copy(source, work / item)
     (work / ".venv").symlink_to(ROOT / ".venv")
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("aws", "chalice"):
-        stub = bin_dir / name
-        stub.write_text(STUB.format(python=sys.executable))
-        stub.chmod(0o755)
+    stand_in.install(bin_dir)
     record = tmp_path / "calls.jsonl"
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "RECORD": str(record),
-        "DESCRIBE_STACKS": str(FIXTURE),
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = stand_in.environment(bin_dir, record, AWS_DEFAULT_REGION="eu-west-1", NETWORK_STACKS="ws-net")
 
-    def make(*args: str) -> subprocess.CompletedProcess:
+    def make(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             ["make", "--no-print-directory", "-C", str(work), f"CHALICE={bin_dir / 'chalice'}", *args],
             capture_output=True,
             text=True,
-            env=env,
+            env={**env, **extra_env},
             timeout=60,
         )
 
     def calls() -> list[list[str]]:
-        if not record.exists():
-            return []
-        return [json.loads(line) for line in record.read_text().splitlines()]
+        return [call["argv"] for call in stand_in.records(record)]
 
     return work, make, calls
 
@@ -93,15 +63,19 @@ def test_deploy_packages_then_uploads_and_deploys_one_stack(sandbox):
     result = make("deploy", "bucket=my-artifacts", "stack=WS-Prod")
     # THEN
     assert result.returncode == 0, result.stdout + result.stderr
-    chalice, package, deploy = calls()
+    chalice, location, package, deploy = calls()
     assert chalice[:4] == ["chalice", "package", "--stage", "prod"], chalice
     assert _option(chalice, "--merge-template") == "build/merge-template.json"
     assert chalice[-1] == "out"
     assert json.loads((work / "build" / "merge-template.json").read_text())["Resources"]["ReplicationGroup"]
 
+    # Lambda takes its code only from a bucket in its own region: checked before uploading
+    assert location[:3] == ["aws", "s3api", "get-bucket-location"]
+    assert _option(location, "--bucket") == "my-artifacts"
     assert package[:3] == ["aws", "cloudformation", "package"]
     assert _option(package, "--template-file") == "out/sam.json"
     assert _option(package, "--s3-bucket") == "my-artifacts"
+    assert _option(package, "--s3-prefix") == "WS-Prod"  # make destroy bucket=... removes exactly this
     assert _option(package, "--output-template-file") == "out/packaged.yaml"
 
     assert deploy[:3] == ["aws", "cloudformation", "deploy"]
@@ -112,7 +86,17 @@ def test_deploy_packages_then_uploads_and_deploys_one_stack(sandbox):
     # The cache name is the stack name in lowercase (ElastiCache ids are lowercase).
     assert _option(deploy, "--parameter-overrides") == "CacheName=ws-prod"
     assert "--no-fail-on-empty-changeset" in deploy
-    assert "WebsocketConnectEndpointURL" in result.stdout
+    assert "make endpoint stack=WS-Prod" in result.stdout
+    # the zip now carries the bytecode of the runtime's Python
+    assert "__pycache__/app.cpython-" in str(zipfile.ZipFile(work / "out" / "deployment.zip").namelist())
+
+
+def test_deploy_refuses_a_bucket_in_another_region(sandbox):
+    _, make, calls = sandbox
+    result = make("deploy", "bucket=far-away", "stack=s", BUCKET_REGION="us-west-2")
+    assert result.returncode != 0
+    assert "bucket far-away is in us-west-2, the stack goes to eu-west-1" in result.stderr
+    assert [call[1:3] for call in calls() if call[0] == "aws"] == [["s3api", "get-bucket-location"]]
 
 
 def test_deploy_takes_an_explicit_cache_name_and_more_parameters(sandbox):
@@ -167,7 +151,7 @@ def test_network_deploys_the_network_stack_and_writes_the_chalice_config(sandbox
     config = json.loads((work / ".chalice" / "config.json").read_text())
     assert config["stages"]["prod"]["environment_variables"]["REDIS_AUTH"] == "iam"
     assert (work / ".chalice" / "policy-prod.json").exists()
-    assert "chalice deploy --stage prod" in result.stdout
+    assert "next: make chalice-deploy" in result.stdout
 
 
 def test_network_refuses_without_stack(sandbox):
@@ -175,6 +159,113 @@ def test_network_refuses_without_stack(sandbox):
     result = make("network")
     assert result.returncode != 0
     assert "stack is missing" in result.stderr
+    assert calls() == []
+
+
+def _aws(calls: list[list[str]]) -> list[list[str]]:
+    return [call[1:] for call in calls if call[0] == "aws"]
+
+
+@pytest.mark.parametrize(
+    ("region", "location"),
+    [("eu-west-1", ["--create-bucket-configuration", "LocationConstraint=eu-west-1"]), ("us-east-1", [])],
+)
+def test_bucket_is_created_in_the_region_of_the_stack(sandbox, region, location):
+    _, make, calls = sandbox
+    result = make("bucket", "bucket=code-bucket", AWS_DEFAULT_REGION=region)
+    assert result.returncode == 0, result.stderr
+    create, wait = _aws(calls())
+    # us-east-1 refuses a LocationConstraint naming itself; every other region needs one
+    assert create == [
+        "s3api",
+        "create-bucket",
+        "--bucket",
+        "code-bucket",
+        "--region",
+        region,
+        *location,
+        "--output",
+        "json",
+    ]
+    assert wait == ["s3api", "wait", "bucket-exists", "--bucket", "code-bucket"]
+
+
+def test_secret_is_a_random_securestring_never_on_a_command_line(sandbox):
+    _, make, calls = sandbox
+    assert make("secret").returncode == 0
+    assert make("secret").returncode == 0
+    (first,), (second,) = _aws(calls()[:1]), _aws(calls()[1:])
+    assert first[:2] == ["ssm", "put-parameter"]
+    assert _option(first, "--name") == "/ws-broadcast/prod/jwt-secret"
+    assert _option(first, "--type") == "SecureString"
+    assert "--overwrite" not in first  # an existing secret is never replaced by accident
+    # the value travels in a private file (gone once the call returns), not in the process list
+    assert _option(first, "--value").startswith("file://")
+    assert _option(first, "--value") != _option(second, "--value")
+
+
+def test_endpoint_prints_the_url_by_output_key_and_a_wscat_line(sandbox):
+    _, make, calls = sandbox
+    result = make("endpoint", "stack=ws-broadcast")
+    assert result.returncode == 0, result.stderr
+    url, wscat = result.stdout.splitlines()
+    assert url == "wss://abc123defg.execute-api.eu-west-1.amazonaws.com/api"
+    assert wscat.startswith(f'node_modules/.bin/wscat -c "{url}"')
+    assert _aws(calls()) == [
+        ["cloudformation", "describe-stacks", "--stack-name", "ws-broadcast", "--output", "json"]
+    ]
+
+
+def test_destroy_deletes_the_one_stack_waits_then_removes_its_code(sandbox):
+    _, make, calls = sandbox
+    result = make("destroy", "stack=ws-broadcast", "bucket=code-bucket")
+    assert result.returncode == 0, result.stderr
+    assert _aws(calls()) == [
+        ["cloudformation", "describe-stacks", "--stack-name", "ws-broadcast", "--output", "json"],
+        ["cloudformation", "delete-stack", "--stack-name", "ws-broadcast"],
+        ["cloudformation", "wait", "stack-delete-complete", "--stack-name", "ws-broadcast"],
+        ["s3", "rm", "s3://code-bucket/ws-broadcast/", "--recursive"],  # what make deploy uploaded
+    ]
+    assert "ws-broadcast is deleted" in result.stdout
+
+
+def test_destroy_removes_the_chalice_app_and_waits_for_its_network_interfaces_before_the_network(sandbox):
+    work, make, calls = sandbox
+    assert make("network", "stack=ws-net").returncode == 0
+    assert make("chalice-deploy").returncode == 0
+    done = len(calls())
+    result = make("destroy", "stack=ws-net", "secret=/ws-broadcast/prod/jwt-secret")
+    assert result.returncode == 0, result.stderr
+    steps = calls()[done:]
+    assert steps == [
+        ["aws", "cloudformation", "describe-stacks", "--stack-name", "ws-net", "--output", "json"],
+        ["chalice", "delete", "--stage", "prod"],
+        *(
+            ["aws", "logs", "delete-log-group", "--log-group-name", f"/aws/lambda/ws-broadcast-prod-{name}"]
+            for name in ("websocket_connect", "websocket_message", "websocket_disconnect")
+        ),
+        # the functions' security group must have no network interface left before its stack goes
+        ["aws", "ec2", "describe-network-interfaces", "--filters", "Name=group-id,Values=sg-0f60718293a4b5c63",
+         "--output", "json"],
+        ["aws", "cloudformation", "delete-stack", "--stack-name", "ws-net"],
+        ["aws", "cloudformation", "wait", "stack-delete-complete", "--stack-name", "ws-net"],
+        ["aws", "ssm", "delete-parameter", "--name", "/ws-broadcast/prod/jwt-secret"],
+    ]  # fmt: skip
+    assert not (work / ".chalice" / "deployed" / "prod.json").exists()
+
+
+def test_destroy_keeps_the_secret_unless_it_is_named(sandbox):
+    _, make, calls = sandbox
+    assert make("destroy", "stack=ws-broadcast").returncode == 0
+    assert not [call for call in _aws(calls()) if call[0] == "ssm"]
+
+
+@pytest.mark.parametrize("target", ["destroy", "endpoint", "bucket"])
+def test_targets_refuse_without_their_argument(sandbox, target):
+    _, make, calls = sandbox
+    result = make(target)
+    assert result.returncode != 0
+    assert "is missing" in result.stderr
     assert calls() == []
 
 
@@ -193,12 +284,33 @@ AWS_CLI_OPTIONS = {
         "--no-fail-on-empty-changeset", "--tags",
     },
     ("cloudformation", "describe-stacks"): {"--stack-name", "--max-items", "--starting-token"},
+    ("cloudformation", "delete-stack"): {"--stack-name", "--retain-resources", "--role-arn",
+                                         "--client-request-token", "--deletion-mode"},
+    ("cloudformation", "wait"): {"--stack-name"},
+    ("s3api", "create-bucket"): {"--bucket", "--create-bucket-configuration", "--acl", "--object-lock-enabled-for-bucket",
+                                 "--object-ownership"},
+    ("s3api", "wait"): {"--bucket", "--expected-bucket-owner"},
+    ("s3api", "get-bucket-location"): {"--bucket", "--expected-bucket-owner"},
+    ("s3", "rm"): {"--recursive", "--dryrun", "--quiet", "--include", "--exclude"},
+    ("ssm", "put-parameter"): {"--name", "--value", "--type", "--description", "--overwrite", "--key-id", "--tier"},
+    ("ssm", "delete-parameter"): {"--name"},
+    ("logs", "delete-log-group"): {"--log-group-name"},
+    ("ec2", "describe-network-interfaces"): {"--filters", "--network-interface-ids", "--dry-run"},
 }  # fmt: skip
 GLOBAL_OPTIONS = {"--output", "--region", "--profile", "--query", "--no-paginate", "--debug"}
 
 
 @pytest.mark.parametrize(
-    "target", [("deploy", "bucket=b", "stack=s"), ("network", "stack=s"), ("chalice-config", "stack=s")]
+    "target",
+    [
+        ("deploy", "bucket=b", "stack=s"),
+        ("network", "stack=ws-net"),
+        ("chalice-config", "stack=ws-net"),
+        ("bucket", "bucket=b"),
+        ("secret",),
+        ("endpoint", "stack=s"),
+        ("destroy", "stack=ws-net", "bucket=b", "secret=/x"),
+    ],
 )
 def test_every_aws_call_uses_only_options_the_cli_has(sandbox, target):
     _, make, calls = sandbox

@@ -1,13 +1,12 @@
 """`make package`: chalice's app merged with infra/ into one CloudFormation template, checked offline.
 
-`make package` (so its real command lines) runs once per module into a temporary folder; every test
-then reads the same merged template. cfn-lint runs on it and on infra/network.yaml alone.
+`make package` (so its real command lines) runs once per session into a temporary folder (conftest);
+every test then reads the same merged template. cfn-lint runs on it and on infra/network.yaml alone.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import zipfile
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from chalice.constants import CLOUDWATCH_LOGS, POST_TO_WEBSOCKET_CONNECTION_POLICY, VPC_ATTACH_POLICY
 from chalice.package import YAMLTemplateSerializer
 
-# `chalice package` downloads the runtime wheels on a fresh machine: more than the default timeout.
+# The session's `make package` (conftest) downloads the runtime wheels on a fresh machine.
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,50 +25,12 @@ PRIVATE_SUBNETS = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
 FUNCTION_SG = {"Fn::GetAtt": ["FunctionSecurityGroup", "GroupId"]}
 CACHE_SG = {"Fn::GetAtt": ["CacheSecurityGroup", "GroupId"]}
 REDIS_PORT = 6379
-# Dummy credentials: nothing here may reach AWS (chalice package needs no account).
-OFFLINE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def _cfn_lint(path: Path) -> subprocess.CompletedProcess:
     # cfn-lint's exit code is a bit mask: 2 errors, 4 warnings, 8 informational. No rule is ignored:
     # both templates are clean, so any finding fails and must be fixed or explained beside an ignore.
     return subprocess.run([str(VENV_BIN / "cfn-lint"), str(path)], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def package_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("package")
-    result = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "-C",
-            str(ROOT),
-            "package",
-            f"OUT={tmp / 'out'}",
-            f"BUILD={tmp / 'build'}",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **OFFLINE_ENV},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return tmp / "out"
-
-
-@pytest.fixture(scope="module")
-def template(package_dir) -> dict:
-    return json.loads((package_dir / "sam.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def resources(template) -> dict:
-    return template["Resources"]
 
 
 def _of_type(resources: dict, kind: str) -> dict:
@@ -124,7 +85,7 @@ def test_no_other_function_escapes_the_vpc(resources):
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_every_function_gets_the_redis_endpoint_and_iam_auth_settings(resources, function):
+def test_every_function_gets_the_redis_endpoint_and_iam_auth_settings(template, resources, function):
     env = resources[function]["Properties"]["Environment"]["Variables"]
     assert env["REDIS_URL"] == {
         "Fn::Sub": "rediss://${ReplicationGroup.PrimaryEndPoint.Address}:${ReplicationGroup.PrimaryEndPoint.Port}/0"
@@ -135,7 +96,8 @@ def test_every_function_gets_the_redis_endpoint_and_iam_auth_settings(resources,
     # The app's own settings must accept that shape (with the deployed values filled in).
     from chalicelib.settings import Settings
 
-    literal = {name: value for name, value in env.items() if isinstance(value, str)}
+    deployed = {name: _deployed(value, template) for name, value in env.items()}
+    literal = {name: value for name, value in deployed.items() if isinstance(value, str)}
     settings = Settings.from_env(
         {
             **literal,
@@ -293,8 +255,11 @@ def test_cache_authenticates_the_app_with_iam_and_nobody_anonymously(resources):
 
 # ------------------------------------------------------------------------------------------ IAM
 def _statements(resources: dict) -> list[dict]:
+    """The role's statements as deployed with the default parameters (no JWKS URL: the SSM grant's
+    ``Fn::If [UseJwks, AWS::NoValue, statement]`` is its statement)."""
     (policy,) = resources["DefaultRole"]["Properties"]["Policies"]
-    return policy["PolicyDocument"]["Statement"]
+    statements = policy["PolicyDocument"]["Statement"]
+    return [s["Fn::If"][2] if "Fn::If" in s else s for s in statements]
 
 
 def _actions(statement: dict) -> list[str]:
@@ -337,7 +302,174 @@ def test_role_keeps_every_other_permission_chalice_grants(resources):
         "VpcNetworkInterfaces",
         "PostToThisApiConnections",
         "ConnectToTheCacheAsTheAppUser",
+        "ReadTheJwtSecret",
     }
     for path, node in _walk(_statements(resources)):
         if path and path[-1] == "Action":
             assert "*" not in _actions({"Action": node}), f"wildcard action at {path}"
+
+
+def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(template, resources):
+    (policy,) = resources["DefaultRole"]["Properties"]["Policies"]
+    (conditional,) = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
+    condition, when_jwks, statement = conditional["Fn::If"]
+    assert condition == "UseJwks"
+    assert when_jwks == {"Ref": "AWS::NoValue"}  # with an identity provider's JWKS: no SSM access at all
+    assert statement == {
+        "Sid": "ReadTheJwtSecret",
+        "Effect": "Allow",
+        "Action": "ssm:GetParameter",
+        "Resource": {
+            "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
+            ":parameter${AuthJwtSecretParameter}"
+        },
+    }
+    # The name starts with "/" (so the ARN is parameter/ws-broadcast/...), and no other action or
+    # statement mentions SSM or KMS (the AWS-managed aws/ssm key needs no grant).
+    parameter = template["Parameters"]["AuthJwtSecretParameter"]
+    assert parameter["Default"] == "/ws-broadcast/prod/jwt-secret"
+    assert parameter["AllowedPattern"].startswith("^/")
+    others = [s for s in _statements(resources) if s is not statement]
+    assert not [a for s in others for a in _actions(s) if a.startswith(("ssm:", "kms:"))]
+
+
+def _deployed(value, template: dict):
+    """``value`` as CloudFormation resolves it when every parameter keeps its default (Ref, Fn::If);
+    AWS::NoValue and other intrinsics are returned as they are."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, argument),) = value.items()
+        if key == "Ref" and argument in template["Parameters"]:
+            return str(template["Parameters"][argument]["Default"])
+        if key == "Fn::If":
+            condition, when_true, when_false = argument
+            holds = _holds(template["Conditions"][condition], template)
+            return _deployed(when_true if holds else when_false, template)
+    return value
+
+
+def _holds(condition: dict, template: dict) -> bool:
+    ((key, argument),) = condition.items()
+    if key == "Fn::Not":
+        return not _holds(argument[0], template)
+    assert key == "Fn::Equals", key
+    return str(_deployed(argument[0], template)) == str(_deployed(argument[1], template))
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_every_function_gets_the_auth_settings_from_the_parameters(template, resources, function):
+    env = resources[function]["Properties"]["Environment"]["Variables"]
+    assert env["AUTH_MODE"] == "jwt"
+    assert env["AUTH_JWT_SECRET_PARAMETER"] == {
+        "Fn::If": ["UseJwks", {"Ref": "AWS::NoValue"}, {"Ref": "AuthJwtSecretParameter"}]
+    }
+    assert env["AUTH_JWKS_URL"] == {"Fn::If": ["UseJwks", {"Ref": "AuthJwksUrl"}, {"Ref": "AWS::NoValue"}]}
+    assert env["AUTH_ISSUER"] == {"Ref": "AuthIssuer"}
+    assert env["AUTH_AUDIENCE"] == {"Ref": "AuthAudience"}
+    assert env["ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}
+    # As deployed with the defaults: exactly one key source, the SSM parameter.
+    deployed = {name: _deployed(value, template) for name, value in env.items()}
+    auth = {name: value for name, value in deployed.items() if isinstance(value, str)}
+    assert {
+        name: auth.get(name) for name in ("AUTH_JWT_SECRET_PARAMETER", "AUTH_JWKS_URL", "AUTH_JWT_SECRET")
+    } == {
+        "AUTH_JWT_SECRET_PARAMETER": "/ws-broadcast/prod/jwt-secret",
+        "AUTH_JWKS_URL": None,
+        "AUTH_JWT_SECRET": None,
+    }
+    assert (auth["AUTH_ISSUER"], auth["AUTH_AUDIENCE"], auth["ALLOWED_ORIGINS"]) == (
+        "ws-broadcast",
+        "ws-broadcast",
+        "",
+    )
+
+
+# ------------------------------------------------------------------------------------------ limits, logs
+def test_the_stage_throttles_every_route_with_the_parameters(template, resources):
+    settings = resources["WebsocketAPIStage"]["Properties"]["DefaultRouteSettings"]
+    assert settings["ThrottlingRateLimit"] == {"Ref": "StageThrottlingRateLimit"}
+    assert settings["ThrottlingBurstLimit"] == {"Ref": "StageThrottlingBurstLimit"}
+    parameters = template["Parameters"]
+    # Defaults well below the account's 10 000/s (burst 5 000) that every API of the account shares.
+    assert 0 < parameters["StageThrottlingRateLimit"]["Default"] < 10_000
+    assert 0 < parameters["StageThrottlingBurstLimit"]["Default"] <= 5_000
+
+
+def test_the_message_function_has_reserved_concurrency_and_the_others_none(template, resources):
+    assert resources["WebsocketMessage"]["Properties"]["ReservedConcurrentExecutions"] == {
+        "Fn::If": [
+            "ReserveMessageConcurrency",
+            {"Ref": "MessageReservedConcurrency"},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert template["Conditions"]["ReserveMessageConcurrency"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "MessageReservedConcurrency"}, 0]}]
+    }
+    assert template["Parameters"]["MessageReservedConcurrency"]["Default"] > 0
+    for function in ("WebsocketConnect", "WebsocketDisconnect"):
+        assert "ReservedConcurrentExecutions" not in resources[function]["Properties"]
+
+
+def test_the_stage_writes_access_logs_with_the_accounts_cloudwatch_role(template, resources):
+    stage = resources["WebsocketAPIStage"]
+    access = stage["Properties"]["AccessLogSettings"]
+    assert access["DestinationArn"] == {"Fn::GetAtt": ["WebsocketAccessLogGroup", "Arn"]}
+    line = json.loads(access["Format"])  # one JSON object per event
+    assert line["requestId"] == "$context.requestId"  # API Gateway requires it
+    assert line["connectionId"] == "$context.connectionId"
+    assert "querystring" not in access["Format"].lower()  # a ?token= must not reach the logs
+    # API Gateway needs the account's CloudWatch role set before a stage may log
+    assert stage["DependsOn"] == "ApiGatewayAccount"
+    assert resources["ApiGatewayAccount"]["Properties"]["CloudWatchRoleArn"] == {
+        "Fn::If": [
+            "CreateApiGatewayCloudWatchRole",
+            {"Fn::GetAtt": ["ApiGatewayCloudWatchRole", "Arn"]},
+            {"Ref": "ApiGatewayCloudWatchRoleArn"},
+        ]
+    }
+    role = resources["ApiGatewayCloudWatchRole"]
+    assert role["Condition"] == "CreateApiGatewayCloudWatchRole"
+    # The account setting outlives the stack: the role it points at must too.
+    assert role["DeletionPolicy"] == role["UpdateReplacePolicy"] == "Retain"
+    (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "apigateway.amazonaws.com"}
+    assert role["Properties"]["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"}
+    ]
+    assert template["Parameters"]["ApiGatewayCloudWatchRoleArn"]["Default"] == ""
+
+
+def test_every_function_and_the_access_log_have_a_log_group_with_retention(template, resources):
+    groups = _of_type(resources, "AWS::Logs::LogGroup")
+    names = {json.dumps(g["Properties"]["LogGroupName"]) for g in groups.values()}
+    for function in FUNCTIONS:
+        # The name Lambda writes to, owned by the stack: delete-stack removes it.
+        assert json.dumps({"Fn::Sub": f"/aws/lambda/${{{function}}}"}) in names, function
+    assert len(groups) == len(FUNCTIONS) + 1  # and the stage's access log
+    for group in groups.values():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert "DeletionPolicy" not in group
+    assert (
+        template["Parameters"]["LogRetentionDays"]["Default"]
+        in (template["Parameters"]["LogRetentionDays"]["AllowedValues"])
+    )
+
+
+# ------------------------------------------------------------------------------------------ checkov
+def test_checkov_finds_nothing_that_is_not_justified_in_the_readme(package_dir):
+    """checkov on the merged template (make checkov); each check it skips is justified in infra/README.md."""
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "checkov", f"OUT={package_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=600,  # the first run installs checkov into its own virtual environment
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Failed checks: 0" in result.stdout
+    skipped = YAMLTemplateSerializer().load_template((ROOT / "infra" / "checkov.yaml").read_text())[
+        "skip-check"
+    ]
+    readme = (ROOT / "infra" / "README.md").read_text()
+    section = readme[readme.index("## checkov") :]
+    for check in skipped:
+        assert f"`{check}`" in section, f"{check} is skipped but not justified in infra/README.md"

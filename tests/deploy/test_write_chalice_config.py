@@ -37,6 +37,8 @@ CONFIG = {
             "environment_variables": {
                 "REDIS_URL": "rediss://:PASSWORD@REPLACE-ME:6379/0",
                 "FANOUT_WORKERS": "32",
+                "AUTH_MODE": "jwt",
+                "AUTH_JWT_SECRET_PARAMETER": "/ws-broadcast/prod/jwt-secret",
             },
             "lambda_functions": {
                 "websocket_connect": {"subnet_ids": ["subnet-REPLACE"], "security_group_ids": ["sg-REPLACE"]},
@@ -86,6 +88,8 @@ def test_writes_network_and_cache_settings_into_the_stage(chalice_dir):
         "REDIS_IAM_USER_ID": "ws-net-app",
         "REDIS_IAM_CACHE_NAME": "ws-net",
         "FANOUT_WORKERS": "32",
+        "AUTH_MODE": "jwt",
+        "AUTH_JWT_SECRET_PARAMETER": "/ws-broadcast/prod/jwt-secret",
     }
     for name in FUNCTIONS:
         assert prod["lambda_functions"][name]["subnet_ids"] == SUBNETS
@@ -166,6 +170,30 @@ def test_policy_file_scopes_the_role(chalice_dir):
     assert manage["Resource"] == "arn:aws:execute-api:eu-west-1:123456789012:*/*/*/@connections/*"
     assert by_sid["Logs"]["Resource"] == "arn:aws:logs:eu-west-1:123456789012:*"
     assert "ec2:CreateNetworkInterface" in by_sid["VpcNetworkInterfaces"]["Action"]
+    # The HS256 secret: read access to its one parameter, nothing else in SSM.
+    assert by_sid["ReadTheJwtSecret"] == {
+        "Sid": "ReadTheJwtSecret",
+        "Effect": "Allow",
+        "Action": "ssm:GetParameter",
+        "Resource": "arn:aws:ssm:eu-west-1:123456789012:parameter/ws-broadcast/prod/jwt-secret",
+    }
+
+
+def test_a_stage_that_verifies_with_a_jwks_gets_no_ssm_access(chalice_dir):
+    config = json.loads((chalice_dir / "config.json").read_text())
+    config["stages"]["prod"]["environment_variables"]["AUTH_JWKS_URL"] = "https://idp.example/jwks.json"
+    (chalice_dir / "config.json").write_text(json.dumps(config))
+    assert _run(chalice_dir).returncode == 0
+    policy = json.loads((chalice_dir / "policy-prod.json").read_text())
+    assert "ssm:" not in json.dumps(policy)
+
+
+def test_log_retention_and_the_message_functions_reserved_concurrency(chalice_dir):
+    assert _run(chalice_dir).returncode == 0
+    prod = json.loads((chalice_dir / "config.json").read_text())["stages"]["prod"]
+    assert prod["log_retention_in_days"] == 30
+    assert prod["lambda_functions"]["websocket_message"]["reserved_concurrency"] == 100
+    assert "reserved_concurrency" not in prod["lambda_functions"]["websocket_connect"]
 
 
 def test_running_twice_gives_the_same_file(chalice_dir):
@@ -243,6 +271,10 @@ def test_chalice_accepts_the_written_config(tmp_path):
         assert props["VpcConfig"] == {"SubnetIds": SUBNETS, "SecurityGroupIds": [FUNCTION_SG]}
         assert props["Environment"]["Variables"]["REDIS_AUTH"] == "iam"
         assert props["Environment"]["Variables"]["REDIS_IAM_CACHE_NAME"] == "ws-net"
+    # chalice creates each function's log group with the retention (and `chalice delete` removes it)
+    groups = [r for r in template["Resources"].values() if r["Type"] == "AWS::Logs::LogGroup"]
+    assert [g["Properties"]["RetentionInDays"] for g in groups] == [30, 30, 30]
+    assert [p["Properties"].get("ReservedConcurrentExecutions") for p in functions.values()].count(100) == 1
     written = json.loads((project / ".chalice" / "policy-prod.json").read_text())
     for function in functions.values():
         role = template["Resources"][function["Properties"]["Role"]["Fn::GetAtt"][0]]

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""The deploy steps around the templates, through the AWS CLI (`make bucket|secret|endpoint|destroy`).
+
+    scripts/aws_stack.py bucket BUCKET              create the code bucket in the current region
+    scripts/aws_stack.py check-bucket BUCKET        fail unless BUCKET is in the current region
+    scripts/aws_stack.py secret NAME                a random HS256 secret as an SSM SecureString
+    scripts/aws_stack.py endpoint STACK [--stage S] the wss:// URL, by output key, and a first wscat line
+    scripts/aws_stack.py destroy STACK [--stage S] [--bucket B] [--secret NAME]
+
+Every call goes to the `aws` named by $AWS (default `aws`) with the caller's environment, so
+AWS_PROFILE and AWS_DEFAULT_REGION choose the account and region of every step alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENDPOINT_OUTPUT = "WebsocketConnectEndpointURL"
+# Lambda releases a VPC function's network interfaces some minutes after the function is deleted;
+# until then its security group and subnets cannot be deleted.
+ENI_POLL_SECONDS = 30
+ENI_WAIT_SECONDS = 45 * 60
+
+
+class StepError(RuntimeError):
+    pass
+
+
+def aws(*args: str, parse: bool = True, check: bool = True):
+    """Run one AWS CLI command; its JSON answer (``parse``) or its completed process."""
+    command = [os.environ.get("AWS", "aws"), *args]
+    print("+ " + " ".join(command), file=sys.stderr, flush=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise StepError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
+    if not parse:
+        return result
+    return json.loads(result.stdout or "null")
+
+
+def region() -> str:
+    """The region the CLI will use: AWS_REGION, AWS_DEFAULT_REGION, then the profile's setting."""
+    found = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not found:
+        found = aws("configure", "get", "region", parse=False, check=False).stdout.strip()
+    if not found:
+        raise StepError(
+            "no region: export AWS_DEFAULT_REGION=<region> (and AWS_PROFILE=<profile>) before every step"
+        )
+    return found
+
+
+def create_bucket(bucket: str) -> None:
+    where = region()
+    # us-east-1 is the one region that refuses a LocationConstraint naming itself.
+    location = (
+        [] if where == "us-east-1" else ["--create-bucket-configuration", f"LocationConstraint={where}"]
+    )
+    aws("s3api", "create-bucket", "--bucket", bucket, "--region", where, *location, "--output", "json")
+    aws("s3api", "wait", "bucket-exists", "--bucket", bucket, parse=False)
+    print(f"bucket {bucket} is ready in {where}")
+
+
+def check_bucket(bucket: str) -> None:
+    """Lambda takes its code only from a bucket in the function's region: say so before uploading."""
+    answer = aws("s3api", "get-bucket-location", "--bucket", bucket, "--output", "json")
+    located = answer.get("LocationConstraint") or "us-east-1"  # null means us-east-1
+    if located != region():
+        raise StepError(
+            f"bucket {bucket} is in {located}, the stack goes to {region()}: Lambda needs the code in the "
+            f"stack's region (make bucket bucket=<new name>, or AWS_DEFAULT_REGION={located})"
+        )
+
+
+def create_secret(name: str) -> None:
+    """Put a random 64-byte secret in a SecureString (encrypted with the AWS-managed key aws/ssm).
+    The value goes through a private file, never a command line other users could read."""
+    with tempfile.NamedTemporaryFile("w", suffix=".secret") as value:
+        value.write(secrets.token_urlsafe(64))
+        value.flush()
+        aws(
+            "ssm",
+            "put-parameter",
+            "--name",
+            name,
+            "--type",
+            "SecureString",
+            "--value",
+            f"file://{value.name}",
+            "--output",
+            "json",
+        )
+    print(f"SSM parameter {name} holds a new HS256 secret (SecureString); it never leaves SSM")
+
+
+def describe(stack: str) -> dict:
+    return aws("cloudformation", "describe-stacks", "--stack-name", stack, "--output", "json")["Stacks"][0]
+
+
+def outputs(stack: dict) -> dict[str, str]:
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def deployed_state(stage: str) -> dict | None:
+    path = Path(".chalice") / "deployed" / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def endpoint(stack: str, stage: str) -> str:
+    """The wss:// URL: the stack's output by key (one stack), else chalice's record (network stack)."""
+    url = outputs(describe(stack)).get(ENDPOINT_OUTPUT)
+    if url:
+        return url
+    for resource in (deployed_state(stage) or {}).get("resources", []):
+        if resource.get("websocket_api_url"):
+            return resource["websocket_api_url"]
+    raise StepError(
+        f"stack {stack} has no output {ENDPOINT_OUTPUT} and .chalice/deployed/{stage}.json no "
+        "websocket_api_url: deploy first (make deploy, or make network then make chalice-deploy)"
+    )
+
+
+def wait_for_network_interfaces(security_group: str) -> None:
+    deadline = time.monotonic() + ENI_WAIT_SECONDS
+    while True:
+        answer = aws(
+            "ec2",
+            "describe-network-interfaces",
+            "--filters",
+            f"Name=group-id,Values={security_group}",
+            "--output",
+            "json",
+        )
+        left = len(answer["NetworkInterfaces"])
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise StepError(
+                f"{left} network interfaces still use {security_group}: run make destroy again later"
+            )
+        print(f"waiting for Lambda to release {left} network interfaces of {security_group}", flush=True)
+        time.sleep(ENI_POLL_SECONDS)
+
+
+def delete_chalice_app(stage: str) -> None:
+    """`chalice delete`, then the functions' log groups in case chalice did not create them."""
+    state = deployed_state(stage)
+    if state is None:
+        return
+    functions = [r["lambda_arn"].split(":")[-1] for r in state.get("resources", []) if r.get("lambda_arn")]
+    chalice = os.environ.get("CHALICE", "chalice")
+    print(f"+ {chalice} delete --stage {stage}", file=sys.stderr, flush=True)
+    subprocess.run([chalice, "delete", "--stage", stage], check=True)
+    for name in functions:
+        aws("logs", "delete-log-group", "--log-group-name", f"/aws/lambda/{name}", parse=False, check=False)
+
+
+def destroy(stack: str, stage: str, bucket: str | None, secret: str | None) -> None:
+    """Everything a deploy made, in order: the chalice app (network path) and what Lambda leaves
+    behind, then the stack, waiting until it is gone; the code under s3://BUCKET/STACK/ and the
+    secret only when named."""
+    found = describe(stack)
+    if ENDPOINT_OUTPUT not in outputs(found):  # a network stack: the chalice app uses it
+        delete_chalice_app(stage)
+        wait_for_network_interfaces(outputs(found)["FunctionSecurityGroupId"])
+    aws("cloudformation", "delete-stack", "--stack-name", stack, parse=False)
+    print(f"waiting for {stack} to be deleted (a VPC's network interfaces can take 20 minutes)", flush=True)
+    waited = aws(
+        "cloudformation", "wait", "stack-delete-complete", "--stack-name", stack, parse=False, check=False
+    )
+    if waited.returncode != 0:
+        raise StepError(
+            f"{stack} was not deleted: {waited.stderr.strip()}. See why with: aws cloudformation "
+            f"describe-stack-events --stack-name {stack}; then run make destroy again"
+        )
+    if bucket:
+        aws("s3", "rm", f"s3://{bucket}/{stack}/", "--recursive", parse=False)
+    if secret:
+        aws("ssm", "delete-parameter", "--name", secret, parse=False)
+    print(f"{stack} is deleted")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    steps.add_parser("bucket").add_argument("bucket")
+    steps.add_parser("check-bucket").add_argument("bucket")
+    steps.add_parser("secret").add_argument("name")
+    for name in ("endpoint", "destroy"):
+        step = steps.add_parser(name)
+        step.add_argument("stack")
+        step.add_argument("--stage", default="prod")
+    steps.choices["destroy"].add_argument("--bucket")
+    steps.choices["destroy"].add_argument("--secret")
+    args = parser.parse_args(argv)
+    try:
+        if args.step == "bucket":
+            create_bucket(args.bucket)
+        elif args.step == "check-bucket":
+            check_bucket(args.bucket)
+        elif args.step == "secret":
+            create_secret(args.name)
+        elif args.step == "endpoint":
+            url = endpoint(args.stack, args.stage)
+            print(url)
+            print(f'node_modules/.bin/wscat -c "{url}" -H "Authorization: Bearer $TOKEN"')
+        else:
+            destroy(args.stack, args.stage, args.bucket, args.secret)
+    except (StepError, subprocess.CalledProcessError) as error:
+        print(f"aws_stack: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
