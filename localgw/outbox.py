@@ -32,6 +32,9 @@ class Outbox:
         self._frames: deque[tuple[str | bytes, int]] = deque()
         self._ready = asyncio.Event()
 
+    def __len__(self) -> int:
+        return len(self._frames)
+
     def put(self, frame: str | bytes) -> bool:
         """Queue a frame; False (and nothing queued) when it would take the outbox past its limit."""
         size = size_of(frame)

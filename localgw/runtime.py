@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import multiprocessing
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -172,13 +172,53 @@ def _settle(future: Future, response: object, error: str | None) -> None:
             future.set_exception(HandlerError(error))
 
 
+class _Lines(io.TextIOBase):
+    """A stdout for many handler threads: each thread's text goes out one whole line per write.
+
+    Lambda runs one invocation per container, so a handler's ``print`` never meets another's; here
+    handlers share a process, and a plain stream would splice two threads' text inside a line.
+    """
+
+    _lock = threading.Lock()  # stdout and stderr share one pipe
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = threading.local()
+
+    encoding = "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, text: str) -> int:
+        *lines, rest = (getattr(self._pending, "text", "") + text).split("\n")
+        self._pending.text = rest
+        if lines:
+            self._emit("".join(line + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        """Emit this thread's unfinished line as a line of its own."""
+        rest, self._pending.text = getattr(self._pending, "text", ""), ""
+        if rest:
+            self._emit(rest + "\n")
+
+    def _emit(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        with self._lock:
+            while data:
+                data = data[os.write(self._fd, data) :]
+
+
 def _print_to(output: Connection) -> None:
-    """Send this process's stdout and stderr (C code's too) to the gateway, one whole line per write."""
+    """Send this process's stdout and stderr (C code's too) to the gateway's output pipe."""
     for fd in (1, 2):
         os.dup2(output.fileno(), fd)
     output.close()
-    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.stdout, sys.stderr = _Lines(1), _Lines(2)
 
 
 def _serve(
@@ -212,16 +252,11 @@ def _serve(
     connection.send(("ready", metadata))
     sending = threading.Lock()
 
-    def run(invocation: int, name: str, event: dict, timeout_seconds: float, received: float) -> None:
-        if time.monotonic() - received >= timeout_seconds:
-            # It waited for a free worker past its whole timeout: the gateway has given up on it, and a
-            # Lambda container would never have queued it. Running it late would only delay the rest.
-            response, error = None, f"Task timed out after {timeout_seconds:.2f} seconds"
-        else:
-            try:
-                response, error = invoke(by_name[name], event, timeout_seconds=timeout_seconds)[0], None
-            except HandlerError as failure:
-                response, error = None, str(failure)
+    def run(invocation: int, name: str, event: dict, timeout_seconds: float) -> None:
+        try:
+            response, error = invoke(by_name[name], event, timeout_seconds=timeout_seconds)[0], None
+        except HandlerError as failure:
+            response, error = None, str(failure)
         with sending:
             connection.send((invocation, response, error))
 
@@ -233,7 +268,7 @@ def _serve(
             break
         if message is _STOP:
             break
-        pool.submit(run, *message, time.monotonic())
+        pool.submit(run, *message)
     # A handler still running (one that outlived its timeout) must not keep the process alive.
     sys.stdout.flush()
     sys.stderr.flush()
