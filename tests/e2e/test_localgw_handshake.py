@@ -122,7 +122,9 @@ def browser_page():
 @pytest.mark.browser
 def test_a_browser_opens_when_the_handler_selects_wsbroadcast(gateway, browser_page):
     page, _ = browser_page
-    outcome = page.evaluate("([url, p]) => openSocket(url, p)", [f"{gateway.url}?select=wsbroadcast", OFFERED])
+    outcome = page.evaluate(
+        "([url, p]) => openSocket(url, p)", [f"{gateway.url}?select=wsbroadcast", OFFERED]
+    )
     assert outcome == {"opened": True, "protocol": "wsbroadcast"}
 
 
