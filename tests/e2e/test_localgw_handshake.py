@@ -49,15 +49,21 @@ def test_a_subprotocol_the_client_did_not_offer_is_passed_on_as_selected(gateway
     run(scenario())
 
 
+def refused(url: str):
+    """The HTTP response of a handshake the gateway refuses."""
+
+    async def scenario():
+        with pytest.raises(websockets.InvalidStatus) as refusal:
+            async with websockets.connect(url):
+                pass
+        return refusal.value.response
+
+    return run(scenario())
+
+
 @pytest.mark.parametrize("status", [401, 403, 429, 503])
 def test_a_refusal_shows_the_handlers_status_and_body_at_the_handshake(gateway, status):
-    async def scenario():
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(f"{gateway.url}?reject={status}&message=why+{status}"):
-                pass
-        return refused.value.response
-
-    response = run(scenario())
+    response = refused(f"{gateway.url}?reject={status}&message=why+{status}")
     assert response.status_code == status
     assert json.loads(response.body) == {"message": f"why {status}"}
     assert response.headers["Content-Type"].startswith("application/json")
@@ -65,13 +71,7 @@ def test_a_refusal_shows_the_handlers_status_and_body_at_the_handshake(gateway, 
 
 @pytest.mark.parametrize(("status", "message"), [(401, "Unauthorized"), (429, "Too Many Requests")])
 def test_a_refusal_without_a_body_gets_the_statuss_own_message(gateway, status, message):
-    async def scenario():
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(f"{gateway.url}?reject={status}"):
-                pass
-        return refused.value.response
-
-    response = run(scenario())
+    response = refused(f"{gateway.url}?reject={status}")
     assert (response.status_code, json.loads(response.body)) == (status, {"message": message})
 
 
