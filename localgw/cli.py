@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from localgw import gateway as gw
 from localgw.embedded_redis import EmbeddedRedis
+from localgw.outbox import DEFAULT_LIMIT_BYTES
 from localgw.project import (
     ProjectError,
     apply_environment,
@@ -23,6 +24,10 @@ from localgw.project import (
 from localgw.runtime import Runtime
 
 DEFAULT_API_ID = "localgw001"  # 10 characters, like a real API id
+# Handlers running at once in the one runtime process. Lambda runs one invocation per container and
+# as many containers as there are requests in flight; here they share one process, so the app's
+# per-process pools (redis-py's holds 100 connections) see up to this many users at once.
+DEFAULT_CONCURRENCY = 128
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--integration-timeout-seconds", type=float, default=gw.API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS
     )
     limits.add_argument(
+        "--max-outbound-bytes",
+        type=int,
+        default=DEFAULT_LIMIT_BYTES,
+        help="bytes queued for a client that is not reading before it is closed with 1008 "
+        f"(default {DEFAULT_LIMIT_BYTES}: eight 128 KB messages; at least --max-message-bytes)",
+    )
+    limits.add_argument(
         "--handler-timeout-seconds",
         type=float,
         default=None,
@@ -69,10 +81,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="answer each Management API post after this long, as a real round trip takes (default 0)",
     )
     parser.add_argument(
-        "--workers", type=int, default=128, help="concurrent handler invocations in the runtime process"
+        "--concurrency",
+        "--workers",
+        dest="concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help="handler invocations running at once in the one runtime process "
+        f"(default {DEFAULT_CONCURRENCY}; Lambda runs one per container)",
     )
-    parser.add_argument("--verbose", action="store_true", help="also log every Management API call")
-    return parser.parse_args(argv)
+    output = parser.add_argument_group("terminal output")
+    output.add_argument("--verbose", action="store_true", help="also log every Management API call")
+    output.add_argument(
+        "--app-logs", action="store_true", help="also show the app's JSON log lines (hidden by default)"
+    )
+    args = parser.parse_args(argv)
+    if args.max_outbound_bytes < args.max_message_bytes:
+        parser.error("--max-outbound-bytes must hold one message: at least --max-message-bytes")
+    return args
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -119,7 +144,7 @@ def _redact(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    log = gw.Log(verbose=args.verbose)
+    log = gw.Log(verbose=args.verbose, app_logs=args.app_logs)
     project_dir = args.project_dir.resolve()
     try:
         project = read_config(project_dir, args.chalice_stage)
@@ -156,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             chalice_stage=args.chalice_stage,
             endpoint=endpoint,
             region=os.environ["AWS_REGION"],
-            workers=args.workers,
+            workers=args.concurrency,
             log=log.info,
+            output=log.app,
         )
     except ProjectError as exc:
         print(f"localgw: {exc}", file=sys.stderr)
@@ -172,9 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         integration_timeout_seconds=args.integration_timeout_seconds,
         handler_timeout_seconds=args.handler_timeout_seconds,
         simulated_post_latency_seconds=args.post_latency_ms / 1000,
+        max_outbound_bytes=args.max_outbound_bytes,
     )
     gateway = gw.Gateway(
-        runtime.functions, invoke=runtime.invoke, stage=stage, api_id=args.api_id, limits=limits, log=log
+        runtime.functions,
+        invoke=runtime.invoke,
+        runtime_exited=lambda: runtime.exited,
+        stage=stage,
+        api_id=args.api_id,
+        limits=limits,
+        log=log,
     )
     for route_key, function in sorted(runtime.functions.items()):
         log.info(
@@ -204,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready() -> None:
             ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-            log.info(f"serving {project_dir.name} at ws://{ws_host}:{port}/{stage}")
+            log.info(f"serving {project.app_name} at ws://{ws_host}:{port}/{stage}")
             log.info(f"Management API at {endpoint}/@connections/{{connection_id}}")
+            log.info(f"up to {args.concurrency} handlers at once in one runtime process (--concurrency)")
 
         await gw.serve(gateway, sockets, on_ready=ready, stop=stop)
 

@@ -5,7 +5,10 @@ Management API, both under the stage path (``ws://HOST:PORT/STAGE`` and
 Behaviour copied from API Gateway:
 
 - ``$connect`` runs before the handshake completes; a non-2xx status refuses the upgrade with that
-  status, an exception or a timeout with 500. A refused client never joins.
+  status and the handler's body and headers, an exception or a timeout with 500. A refused client
+  never joins. On success the handler's ``Sec-WebSocket-Protocol`` header is the one the client gets,
+  exactly: nothing is echoed from what the client offered, so a client that offered subprotocols and
+  got none selected fails the handshake (a browser does) as it would against API Gateway.
 - Every inbound text message is its own invocation, started at once: messages run concurrently, also
   from one connection, in a thread pool, so a slow handler never stalls the event loop.
 - A failed or timed-out message invocation sends the client API Gateway's
@@ -16,13 +19,18 @@ Behaviour copied from API Gateway:
 - Management API: POST (200; 410; 413), GET (200 JSON; 410), DELETE (204, fires ``$disconnect``; 410).
   A request without a SigV4 ``Authorization`` header gets 403 as on AWS (its form is checked, as
   ``testing.sigv4`` checks it; the signature is not: the gateway does not know the app's secret).
+  A post is answered as soon as it is queued for the client (``localgw.outbox``); a client whose
+  outbox overflows is closed with 1008 and the post that overflowed it gets 410.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -30,8 +38,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.web_exceptions import HTTPException
 
 from localgw.lambdaenv import HandlerError, LambdaFunction, status_of
+from localgw.outbox import DEFAULT_LIMIT_BYTES, Outbox, size_of
 from testing import apigw as events
 from testing.apigw import (
     API_GATEWAY_IDLE_TIMEOUT_SECONDS,
@@ -43,6 +53,17 @@ from testing.sigv4 import authorization_problem
 
 # Runs a function on an event within a timeout, elsewhere (the runtime process); resolves to its response.
 Invoke = Callable[..., Future]
+
+# A client that does not read what it is sent breaks the server's policy (it must read); 1013 ("try
+# again later") would blame the server's load and invite a reconnect that overflows again.
+SLOW_CLIENT_CLOSE = (WSCloseCode.POLICY_VIOLATION, "Outbound buffer full: the client is not reading")
+# What a refusal without a body of its own carries.
+REFUSAL_MESSAGES = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,22 +79,41 @@ class Limits:
     # For benchmarks: each Management API post answers only after this long, as a round trip from a
     # Lambda function to API Gateway would take (0: answer at once).
     simulated_post_latency_seconds: float = 0.0
+    # Bytes queued for one client before the gateway gives up on it (localgw.outbox).
+    max_outbound_bytes: int = DEFAULT_LIMIT_BYTES
 
 
 class Log:
-    """One readable line per connection event and invocation, on stdout, flushed at once."""
+    """One readable line per connection event and invocation, on stdout, flushed at once.
 
-    def __init__(self, stream=None, *, verbose: bool = False) -> None:
+    Every line (the gateway's and the runtime's) is written whole by this one writer, under a lock.
+    The app's JSON log lines are shown only with ``app_logs``; its other output (a print, a traceback)
+    always is.
+    """
+
+    def __init__(self, stream=None, *, verbose: bool = False, app_logs: bool = False) -> None:
         self._stream = stream or sys.stdout
+        self._lock = threading.Lock()
         self.verbose = verbose
+        self.app_logs = app_logs
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
 
     def line(self, what: str, connection_id: str, detail: str) -> None:
         now = time.time()
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-        print(f"{stamp} {what:<12} {connection_id:<16} {detail}", file=self._stream, flush=True)
+        self._write(f"{stamp} {what:<12} {connection_id:<16} {detail}")
 
     def info(self, text: str) -> None:
-        print(f"localgw: {text}", file=self._stream, flush=True)
+        self._write(f"localgw: {text}")
+
+    def app(self, text: str) -> None:
+        """A line the app's process printed."""
+        if self.app_logs or not (text.startswith("{") and text.endswith("}")):
+            self._write(text)
 
 
 def _iso(epoch_ms: int) -> str:
@@ -83,10 +123,42 @@ def _iso(epoch_ms: int) -> str:
     )
 
 
+def header(response: object, name: str) -> str | None:
+    """A header of a proxy integration's response, by case-insensitive name (multi-value ones joined)."""
+    if not isinstance(response, dict):
+        return None
+    wanted = name.lower()
+    for key, value in (response.get("headers") or {}).items():
+        if key.lower() == wanted:
+            return str(value)
+    for key, values in (response.get("multiValueHeaders") or {}).items():
+        if key.lower() == wanted and values:
+            return ", ".join(str(v) for v in values)
+    return None
+
+
+def refusal(status: int, response: object) -> web.Response:
+    """The HTTP answer to a refused handshake: the ``$connect`` handler's status, body and headers."""
+    response = response if isinstance(response, dict) else {}
+    body = response.get("body") or ""
+    raw = base64.b64decode(body) if response.get("isBase64Encoded") else str(body).encode()
+    if not raw:
+        message = REFUSAL_MESSAGES.get(status, "Internal server error" if status >= 500 else "Forbidden")
+        return web.json_response({"message": message}, status=status)
+    headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
+    headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+    headers.setdefault("Content-Type", "application/json")
+    return web.Response(status=status, body=raw, headers=headers)
+
+
 class Connection:
-    def __init__(self, info: events.ConnectionInfo, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, info: events.ConnectionInfo, ws: web.WebSocketResponse, transport, *, outbox_limit: int
+    ) -> None:
         self.info = info
         self.ws = ws
+        self.transport = transport
+        self.outbox = Outbox(outbox_limit)
         self.open = True
         self.last_active_monotonic = time.monotonic()
         self.opened_monotonic = self.last_active_monotonic
@@ -99,13 +171,46 @@ class Connection:
         self.last_active_ms = events.now_ms()
         self.activity.set()
 
-    def close(self, code: int, reason: str) -> asyncio.Task | None:
-        """Start closing from the gateway's side; idempotent. The receive loop then fires $disconnect."""
+    def close(self, code: int, reason: str, *, abandon: bool = False) -> asyncio.Task | None:
+        """Start closing from the gateway's side; idempotent. The receive loop then fires $disconnect.
+
+        ``abandon``: the client is not reading, so neither the close handshake nor the data already
+        written can be waited for: the close frame is sent best effort, then the socket is dropped.
+        """
         if not self.open:
             return None
         self.open = False
         self.server_close = (code, reason)
+        if abandon:
+            return asyncio.ensure_future(self._abandon(code, reason))
         return asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+
+    async def _abandon(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode(), drain=False), 1.0)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            if self.transport is not None:
+                self.transport.abort()
+
+    async def pump(self) -> None:
+        """Write the outbox to the socket in order; a client that does not read stalls only this task."""
+        while True:
+            frame = await self.outbox.next()
+            try:
+                if isinstance(frame, bytes):
+                    try:
+                        text = frame.decode("utf-8")
+                    except UnicodeDecodeError:
+                        await self.ws.send_bytes(frame)
+                    else:
+                        await self.ws.send_str(text)
+                else:
+                    await self.ws.send_str(frame)
+            except (ConnectionError, RuntimeError):
+                return
+            self.outbox.sent()
 
 
 def _error(status: int, error_type: str, message: str | None) -> web.Response:
@@ -123,8 +228,10 @@ class Gateway:
         api_id: str,
         limits: Limits,
         log: Log,
+        runtime_exited: Callable[[], bool] = lambda: False,
     ) -> None:
         self.functions = functions
+        self._runtime_exited = runtime_exited
         self.stage = stage
         self.api_id = api_id
         self.limits = limits
@@ -159,13 +266,17 @@ class Gateway:
             wait = min(wait, self.limits.integration_timeout_seconds)
         return lambda_timeout, wait
 
-    async def _invoke(self, route_key: str, event: dict) -> tuple[int | None, str | None]:
-        """Invoke the route's function off the loop; (status, None) or (None, error). Logs one line.
+    async def _invoke(self, route_key: str, event: dict) -> tuple[object, int | None, str | None]:
+        """Invoke the route's function off the loop; (response, status, None) or (None, None, error).
+        Logs one line.
 
         In Lambda a container finishes its cold start (init and first invocation) before it takes another
         event. Here all invocations share one process, so each function's first invocation runs alone:
-        lazy initialisation in handlers (a boto3 client built on first use, say) never races.
+        lazy initialisation in handlers (a boto3 client built on first use, say) never races. A runtime
+        that exited is replaced by a new process on the next invocation: every function is cold again.
         """
+        if self._runtime_exited():
+            self._warm.clear()
         if route_key not in self._warm:
             async with self._cold_start:
                 if route_key not in self._warm:
@@ -175,12 +286,13 @@ class Gateway:
                         self._warm.add(route_key)
         return await self._invoke_now(route_key, event)
 
-    async def _invoke_now(self, route_key: str, event: dict) -> tuple[int | None, str | None]:
+    async def _invoke_now(self, route_key: str, event: dict) -> tuple[object, int | None, str | None]:
         function = self.functions[route_key]
         connection_id = event["requestContext"]["connectionId"]
         lambda_timeout, timeout = self._timeouts(function, route_key)
         started = time.perf_counter()
         future = asyncio.wrap_future(self._invoke_function(function, event, timeout_seconds=lambda_timeout))
+        response: object = None
         status: int | None = None
         error: str | None = None
         try:
@@ -193,7 +305,7 @@ class Gateway:
         elapsed_ms = (time.perf_counter() - started) * 1000
         outcome = str(status) if error is None else f"ERR {error}"
         self.log.line(route_key, connection_id, f"{outcome} {elapsed_ms:.1f} ms")
-        return status, error
+        return response, status, error
 
     # ---- WebSocket endpoint -----------------------------------------------------------------------
 
@@ -224,12 +336,16 @@ class Gateway:
                 local_port=sockname[1] if sockname else 0,
                 scheme=request.scheme,
             )
-            status, error = await self._invoke(events.ROUTE_CONNECT, event)
-            if error is not None or status is None or not 200 <= status < 300:
-                refused = 500 if error is not None or status is None else status
-                self.log.line("refused", info.connection_id, f"HTTP {refused}")
-                message = "Internal server error" if refused >= 500 else "Forbidden"
-                return web.json_response({"message": message}, status=refused)
+            response, status, error = await self._invoke(events.ROUTE_CONNECT, event)
+            if error is not None or status is None:
+                self.log.line("refused", info.connection_id, "HTTP 500")
+                return web.json_response({"message": "Internal server error"}, status=500)
+            if not 200 <= status < 300:
+                self.log.line("refused", info.connection_id, f"HTTP {status}")
+                return refusal(status, response)
+            selected = header(response, "Sec-WebSocket-Protocol")
+        else:
+            selected = None
 
         ws = web.WebSocketResponse(
             max_msg_size=self.limits.max_message_bytes + 1,  # aiohttp's bound is exclusive
@@ -237,30 +353,37 @@ class Gateway:
             autoping=True,
             timeout=self.limits.close_timeout_seconds,
         )
+        if selected:
+            ws.headers["Sec-WebSocket-Protocol"] = selected  # the handler's choice, as API Gateway sends it
         try:
             await ws.prepare(request)
-        except (ConnectionError, RuntimeError):  # the client left while $connect ran
+        except (ConnectionError, RuntimeError, HTTPException):  # the client left while $connect ran
             self.log.line("gone", info.connection_id, "the client left before the handshake completed")
             if events.ROUTE_DISCONNECT in self.functions:
                 event = events.disconnect_event(
                     info, status_code=1006, reason=events.DISCONNECT_REASONS[1006]
                 )
                 await self._invoke(events.ROUTE_DISCONNECT, event)
-            raise
-        connection = Connection(info, ws)
+            return ws
+        connection = Connection(info, ws, request.transport, outbox_limit=self.limits.max_outbound_bytes)
         self.connections[info.connection_id] = connection
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
-        self.log.line(
-            "connected", info.connection_id, f"from {info.source_ip} ({len(self.connections)} open)"
-        )
+        detail = f"from {info.source_ip} ({len(self.connections)} open)"
+        if selected:
+            detail += f", subprotocol {selected}"
+        elif request.headers.get("Sec-WebSocket-Protocol"):
+            detail += ", no subprotocol selected of those offered: a browser fails this handshake"
+        self.log.line("connected", info.connection_id, detail)
         watchdog = asyncio.create_task(self._watchdog(connection))
+        pump = asyncio.create_task(connection.pump())
         code, reason = 1006, events.DISCONNECT_REASONS[1006]
         try:
             code, reason = await self._receive_loop(connection)
         finally:
             watchdog.cancel()
+            pump.cancel()
             connection.open = False
             self.connections.pop(info.connection_id, None)
             if not ws.closed:
@@ -307,6 +430,8 @@ class Gateway:
                 return 1006, events.DISCONNECT_REASONS[1006]
 
     def _spawn(self, coro) -> None:
+        if coro is None:
+            return
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -317,26 +442,26 @@ class Gateway:
         connection_id = connection.info.connection_id
         if events.ROUTE_DEFAULT not in self.functions:
             self.log.line("no route", connection_id, "403 (the app has no @app.on_ws_message handler)")
-            await self._send(connection, events.forbidden(connection_id, request_id))
+            self._send(connection, events.forbidden(connection_id, request_id))
             return
-        _status, error = await self._invoke(events.ROUTE_DEFAULT, event)
+        _response, _status, error = await self._invoke(events.ROUTE_DEFAULT, event)
         if error is not None:
-            await self._send(connection, events.internal_server_error(connection_id, request_id))
+            self._send(connection, events.internal_server_error(connection_id, request_id))
 
-    async def _send(self, connection: Connection, data: str | bytes) -> bool:
+    def _send(self, connection: Connection, data: str | bytes) -> bool:
+        """Queue a frame for the client without waiting for it to read; False when it is gone."""
         if not connection.open or connection.ws.closed:
             return False
-        try:
-            if isinstance(data, bytes):
-                try:
-                    await connection.ws.send_str(data.decode("utf-8"))
-                except UnicodeDecodeError:
-                    await connection.ws.send_bytes(data)
-            else:
-                await connection.ws.send_str(data)
-        except (ConnectionError, RuntimeError):
-            return False
-        return True
+        if connection.outbox.put(data):
+            return True
+        outbox = connection.outbox
+        self.log.line(
+            "slow client",
+            connection.info.connection_id,
+            f"{outbox.queued_bytes} bytes queued, {size_of(data)} more would pass the {outbox.limit} limit",
+        )
+        self._spawn(connection.close(*SLOW_CLIENT_CLOSE, abandon=True))
+        return False
 
     async def _watchdog(self, connection: Connection) -> None:
         """Close with 1001 after the idle timeout or the maximum connection duration, as API Gateway does."""
@@ -384,7 +509,7 @@ class Gateway:
         if len(data) > self.limits.max_message_bytes:
             self._log_management("POST", connection_id, 413)
             return _error(413, "PayloadTooLargeException", "Message too long")
-        if not await self._send(connection, data):
+        if not self._send(connection, data):
             self._log_management("POST", connection_id, 410)
             return _error(410, "GoneException", None)
         connection.touch()  # API Gateway counts a post as activity on the connection
@@ -414,10 +539,7 @@ class Gateway:
         connection, failure = self._lookup(request)
         if failure is not None:
             return failure
-        task = connection.close(WSCloseCode.OK, events.DISCONNECT_REASONS[1000])
-        if task is not None:
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._spawn(connection.close(WSCloseCode.OK, events.DISCONNECT_REASONS[1000]))
         self._log_management("DELETE", connection_id, 204)
         return web.Response(status=204)
 
@@ -440,6 +562,9 @@ async def serve(
     stop: asyncio.Event,
 ) -> None:
     """Serve on already-bound sockets until ``stop`` is set, then close every connection cleanly."""
+    # aiohttp warns when a client offered subprotocols and none was selected: the gateway's own
+    # "connected" line says so, in words.
+    logging.getLogger("aiohttp.websocket").setLevel(logging.ERROR)
     runner = web.AppRunner(gateway.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     for sock in sockets:

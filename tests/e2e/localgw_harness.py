@@ -7,10 +7,12 @@ Nothing here sleeps to wait: readiness and every later condition are lines the g
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -232,3 +234,31 @@ class Wscat:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def open_raw(gw: GatewayProcess, query: str = "", *, receive_buffer: int | None = None) -> socket.socket:
+    """A client that sends the upgrade request itself and reads nothing after it (reads nothing at all
+    when ``query`` makes ``$connect`` slow). ``receive_buffer``: a small kernel buffer, so a client that
+    stops reading is felt by the server at once."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", gw.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /{gw.stage}{query} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return sock
+
+
+def read_handshake(sock: socket.socket) -> bytes:
+    """The server's answer to ``open_raw``'s upgrade request, up to the end of its headers."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(1)  # one byte at a time: nothing after the headers is consumed
+        if not chunk:
+            break
+        answer += chunk
+    return answer

@@ -75,6 +75,8 @@ def test_handlers_run_by_their_chalice_handler_names_with_a_lambda_context(gatew
     assert re.fullmatch(r"[0-9a-f-]{36}", context["aws_request_id"])
     assert 59_000 < context["remaining_ms"] <= 60_000  # Chalice's default lambda_timeout
     assert "embedded in-process fakeredis" in gateway.output()
+    # AND the banner names the app (.chalice/config.json's app_name), not the directory it is in
+    gateway.wait_for(r"^localgw: serving localgw-fixture at ws://127\.0\.0\.1:\d+/api$")
 
 
 def test_both_management_clients_of_the_app_reach_the_gateway(gateway):

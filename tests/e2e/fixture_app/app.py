@@ -12,8 +12,11 @@ Messages are JSON objects ``{"do": <command>, ...}``:
 - ``exit``: ends the whole runtime process (``os._exit``)
 - ``context``: posts what the Lambda context and environment looked like
 - ``info`` / ``close``: ``app.websocket_api.info`` / ``.close`` on ``target`` (default: self)
+- ``late``: sleeps ``seconds``, prints ``late done``, then raises when ``fail`` (a handler past its timeout)
+- ``print``: prints ``lines`` JSON log lines of ``size`` characters and one plain line (``plain``)
 
-``$connect`` refuses with ``?reject=<status>``, raises with ``?raise=1``, sleeps with ``?sleep=<s>``.
+``$connect`` refuses with ``?reject=<status>`` (body ``{"message": <message>}`` with ``&message=``),
+raises with ``?raise=1``, sleeps with ``?sleep=<s>`` (printing ``connect sleeps``), selects the subprotocol ``?select=<name>``.
 """
 
 import contextlib
@@ -68,13 +71,17 @@ def connect(event):
     _record("connect", event, event.context)
     query = event.to_dict().get("queryStringParameters") or {}
     if "sleep" in query:
+        print(f"connect sleeps {query['sleep']}", flush=True)
         time.sleep(float(query["sleep"]))
     if "raise" in query:
         raise RuntimeError("connect failed on purpose")
     if "reject" in query:
-        return Response(body="", status_code=int(query["reject"]))
+        body = json.dumps({"message": query["message"]}) if "message" in query else ""
+        return Response(body=body, status_code=int(query["reject"]))
     with _lock:
         _connections.add(event.connection_id)
+    if "select" in query:
+        return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": query["select"]}}
     return None
 
 
@@ -105,6 +112,15 @@ def message(event):
     elif command == "sleep":
         time.sleep(float(body["seconds"]))
         app.websocket_api.send(me, "slept")
+    elif command == "late":
+        time.sleep(float(body["seconds"]))
+        print("late done", flush=True)
+        if body.get("fail"):
+            raise RuntimeError("failed after its timeout")
+    elif command == "print":
+        for n in range(int(body["lines"])):
+            print(json.dumps({"level": "INFO", "n": n, "pad": "x" * int(body["size"])}))
+        print(body["plain"])
     elif command == "status":
         return {"statusCode": int(body["code"])}
     elif command == "unserializable":
