@@ -17,7 +17,7 @@ test:
 ## make run: serve the app locally at ws://localhost:8000/api with an embedded Redis (REDIS_URL overrides).
 run:
 	scripts/bootstrap run
-	$(PY) -m localgw --chalice-stage $(RUN_STAGE) $(LOCALGW_ARGS)
+	$(PY) -m localgw --chalice-stage $(RUN_STAGE) --page clients/browser/index.html $(LOCALGW_ARGS)
 
 ## make publish [url=URL] [message=JSON]: publish from a backend through POST /publish, signed with your
 ## AWS credentials (clients/python/publish.py); url defaults to `make run`'s.

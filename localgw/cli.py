@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from localgw import gateway as gw
+from localgw import rest
 from localgw.embedded_redis import EmbeddedRedis
 from localgw.outbox import DEFAULT_LIMIT_BYTES
 from localgw.project import (
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--host", default="localhost", help="address to listen on (default: localhost)")
     where.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
     where.add_argument("--api-id", default=DEFAULT_API_ID, help="the apiId put into events")
+    where.add_argument(
+        "--page", type=Path, default=None, help="an HTML file to serve at GET / (make run: the sample client)"
+    )
     limits = parser.add_argument_group("limits (API Gateway's by default)")
     limits.add_argument("--idle-timeout-seconds", type=float, default=gw.API_GATEWAY_IDLE_TIMEOUT_SECONDS)
     limits.add_argument("--max-connection-seconds", type=float, default=gw.API_GATEWAY_MAX_CONNECTION_SECONDS)
@@ -208,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         api_id=args.api_id,
         limits=limits,
         log=log,
+        page=args.page,
     )
     for route_key, function in sorted(runtime.functions.items()):
         log.info(
@@ -239,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
             log.info(f"serving {project.app_name} at ws://{ws_host}:{port}/{stage}")
             log.info(f"Management API at {endpoint}/@connections/{{connection_id}}")
+            if rest.ROUTE_KEY in runtime.functions:
+                log.info(f"REST routes at http://{ws_host}:{port}/ (as chalice local serves them)")
+            if args.page is not None:
+                log.info(f"page at http://{ws_host}:{port}/ ({args.page})")
             log.info(f"up to {args.concurrency} handlers at once in one runtime process (--concurrency)")
 
         await gw.serve(gateway, sockets, on_ready=ready, stop=stop)

@@ -36,10 +36,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.web_exceptions import HTTPException
 
+from localgw import rest
 from localgw.lambdaenv import HandlerError, LambdaFunction, status_of
 from localgw.outbox import DEFAULT_LIMIT_BYTES, Outbox, size_of
 from testing import apigw as events
@@ -229,8 +231,11 @@ class Gateway:
         limits: Limits,
         log: Log,
         runtime_exited: Callable[[], bool] = lambda: False,
+        page: Path | None = None,
     ) -> None:
+        """``page``: a file served at ``GET /`` (a sample client; it shadows a REST route at ``/``)."""
         self.functions = functions
+        self.page = page
         self._runtime_exited = runtime_exited
         self.stage = stage
         self.api_id = api_id
@@ -254,6 +259,8 @@ class Gateway:
         app.router.add_post(f"/{stage}/@connections/{{connection_id}}", self._post)
         app.router.add_get(f"/{stage}/@connections/{{connection_id}}", self._get)
         app.router.add_delete(f"/{stage}/@connections/{{connection_id}}", self._delete)
+        # Everything else: the app's REST routes (Chalice's local gateway, in the runtime), the page.
+        app.router.add_route("*", "/{path:.*}", self._rest)
         return app
 
     # ---- invocations ------------------------------------------------------------------------------
@@ -306,6 +313,43 @@ class Gateway:
         outcome = str(status) if error is None else f"ERR {error}"
         self.log.line(route_key, connection_id, f"{outcome} {elapsed_ms:.1f} ms")
         return response, status, error
+
+    # ---- REST routes and the page -----------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        """A request to the app's REST API, served as ``chalice local`` serves it; ``GET /``: the page."""
+        if request.method == "GET" and request.path == "/" and self.page is not None:
+            return web.FileResponse(self.page)
+        function = self.functions.get(rest.ROUTE_KEY)
+        if function is None:
+            return web.json_response({"message": "Not Found"}, status=404)
+        event = {
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": {name: value for name, value in request.headers.items()},
+            "body": await request.read(),
+        }
+        started = time.perf_counter()
+        future = self._invoke_function(
+            function, event, timeout_seconds=self.limits.integration_timeout_seconds
+        )
+        try:
+            response = await asyncio.wait_for(
+                asyncio.wrap_future(future), self.limits.integration_timeout_seconds
+            )
+        except TimeoutError:
+            response = {
+                "statusCode": 504,
+                "headers": {},
+                "body": b'{"message": "Endpoint request timed out"}',
+            }
+        except HandlerError as error:
+            self.log.info(f"{request.method} {request.path}: {error}")
+            response = {"statusCode": 502, "headers": {}, "body": b'{"message": "Internal server error"}'}
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.log.line(f"{request.method} {request.path}", "", f"{response['statusCode']} {elapsed_ms:.1f} ms")
+        headers = {k: v for k, v in response["headers"].items() if k.lower() not in ("content-length",)}
+        return web.Response(status=response["statusCode"], headers=headers, body=response["body"])
 
     # ---- WebSocket endpoint -----------------------------------------------------------------------
 

@@ -140,6 +140,21 @@ def websocket_functions(app, project: ProjectConfig, *, region: str) -> dict[str
     return functions
 
 
+def rest_function(project: ProjectConfig, *, region: str) -> LambdaFunction:
+    """The function Chalice deploys the app's REST routes as (``app.app``, the Chalice app itself)."""
+    name = "api_handler"
+    scoped = project.scoped(name)
+    return LambdaFunction(
+        name=name,
+        function_name=f"{project.app_name}-{project.chalice_stage}",
+        handler_string="app.app",
+        handler=None,
+        timeout_seconds=float(scoped.lambda_timeout or DEFAULT_LAMBDA_TIMEOUT),
+        memory_mb=int(scoped.lambda_memory_size or DEFAULT_LAMBDA_MEMORY_SIZE),
+        region=region,
+    )
+
+
 def point_websocket_api_at(app, endpoint: str) -> None:
     """Make Chalice's ``app.websocket_api.send``/``close``/``info`` reach the local gateway.
 
@@ -187,5 +202,6 @@ __all__ = [
     "import_app",
     "point_websocket_api_at",
     "read_config",
+    "rest_function",
     "websocket_functions",
 ]

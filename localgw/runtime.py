@@ -31,12 +31,14 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from localgw import rest
 from localgw.lambdaenv import HandlerError, LambdaFunction, invoke
 from localgw.project import (
     ProjectError,
     import_app,
     point_websocket_api_at,
     read_config,
+    rest_function,
     websocket_functions,
 )
 
@@ -238,6 +240,10 @@ def _serve(
         project = read_config(Path(project_dir), chalice_stage)
         app = import_app(Path(project_dir))
         functions = websocket_functions(app, project, region=region)
+        rest_api = None
+        if app.routes:
+            functions[rest.ROUTE_KEY] = rest_function(project, region=region)
+            rest_api = rest.RestApi(app, project.scoped(rest.FUNCTION_NAME))
         point_websocket_api_at(app, endpoint)
     except ProjectError as error:
         connection.send(("error", str(error)))
@@ -254,9 +260,14 @@ def _serve(
 
     def run(invocation: int, name: str, event: dict, timeout_seconds: float) -> None:
         try:
-            response, error = invoke(by_name[name], event, timeout_seconds=timeout_seconds)[0], None
+            if name == rest.FUNCTION_NAME:
+                response, error = rest_api.handle(**event), None
+            else:
+                response, error = invoke(by_name[name], event, timeout_seconds=timeout_seconds)[0], None
         except HandlerError as failure:
             response, error = None, str(failure)
+        except Exception as failure:  # a REST handler's own error: Chalice turns most into a 500 itself
+            response, error = None, f"{type(failure).__name__}: {failure}"
         with sending:
             connection.send((invocation, response, error))
 

@@ -1,0 +1,120 @@
+"""`make run`'s whole app on one port: the sample page in a real browser (Debian's chromium through
+Playwright), and a backend's signed POST /publish reaching WebSocket clients, through the local gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import boto3
+import pytest
+from playwright.sync_api import expect, sync_playwright
+from websockets.sync.client import connect
+
+from tests.e2e.localgw_harness import REPO, GatewayProcess
+
+PAGE = REPO / "clients" / "browser" / "index.html"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    gw = GatewayProcess(
+        "--page", str(PAGE), "--app-logs", project_dir=None, tmp_path=tmp_path_factory.mktemp("sample")
+    )
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser, gateway, channels: str = ""):
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{gateway.port}/")
+    page.fill("#url", gateway.url)
+    page.fill("#channels", channels)
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_text("open")
+    return page
+
+
+@pytest.mark.browser
+def test_two_pages_exchange_a_channel_message_and_a_third_does_not_get_it(gateway, browser):
+    # GIVEN two pages in room-1 and a third in no channel, each connected through the page's own form
+    alice = open_page(browser, gateway, channels="room-1")
+    bob = open_page(browser, gateway, channels="room-1")
+    carol = open_page(browser, gateway)
+    # WHEN alice publishes to room-1
+    mark = gateway.mark()
+    alice.fill("#publish-channel", "room-1")
+    alice.fill("#data", '{"text": "hello room"}')
+    alice.click("#publish")
+    # THEN bob sees it, marked with its channel; the publish had exactly one recipient (not carol)
+    received = bob.locator("#log li.message").first
+    expect(received).to_contain_text('"channel":"room-1"')
+    assert json.loads(received.text_content())["data"] == {"text": "hello room"}
+    published = gateway.wait_for(r'"message": "published".*"channel": "room-1"', after=mark)
+    assert '"recipients": 1' in published.string
+    # AND carol, who gets the next broadcast, never saw the channel's message
+    bob.fill("#data", '"to everyone"')
+    bob.click("#publish")
+    expect(carol.locator("#log li.message").first).to_contain_text("to everyone")
+    assert carol.locator("#log li.message").count() == 1
+
+
+@pytest.mark.browser
+def test_a_bad_message_shows_its_error_on_the_page(gateway, browser):
+    page = open_page(browser, gateway)
+    page.fill("#publish-channel", "not a channel")
+    page.click("#publish")
+    error = page.locator("#log li.error").first
+    expect(error).to_contain_text('"code":"invalid_channel"')
+
+
+@pytest.mark.browser
+def test_the_page_subscribes_and_is_acknowledged(gateway, browser):
+    page = open_page(browser, gateway)
+    page.fill("#channel", "lobby")
+    page.click("#subscribe")
+    expect(page.locator("#log li.ack").first).to_contain_text('{"action":"subscribed","channel":"lobby"}')
+
+
+def test_a_backend_publish_through_the_gateway_reaches_a_channel(gateway):
+    # (the sync client: Playwright's sync API holds this thread's event loop while the browser is up)
+    sys.path.insert(0, str(REPO / "clients" / "python"))
+    from publish import PublishError, publish
+
+    url = f"http://127.0.0.1:{gateway.port}/publish"
+    session = boto3.session.Session(region_name="us-east-1")
+    with connect(f"{gateway.url}?channels=orders", open_timeout=10) as member:
+        report = publish(url, {"type": 7, "data": {"order": 42}, "channel": "orders"}, session=session)
+        assert report == {"recipients": 1, "delivered": 1, "gone": 0, "failed": 0}
+        message = json.loads(member.recv(timeout=10))
+        assert message["channel"] == "orders" and message["data"] == {"order": 42}
+    with pytest.raises(PublishError) as refused:
+        publish(url, {"data": 1}, session=session)
+    assert (refused.value.status, refused.value.error["code"]) == (400, "missing_type")
+
+
+def test_an_unsigned_publish_is_refused_as_api_gateway_refuses_it(gateway):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.port}/publish",
+        data=b'{"type": 1}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    assert json.loads(refused.value.read()) == {"message": "Missing Authentication Token"}
