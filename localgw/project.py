@@ -94,12 +94,14 @@ def apply_environment(environment: dict[str, str], env: MutableMapping[str, str]
 
 
 def import_app(project_dir: Path):
-    """Import the project's ``app`` module as Lambda would (project root first on the path)."""
+    """Import the project's ``app`` module as Lambda would (project root first on the path).
+
+    Called in the runtime process, a fresh interpreter (as a new container is): no other project's
+    ``app`` or ``chalicelib`` can be in ``sys.modules`` there, whatever the project's modules are named.
+    """
     root = str(project_dir)
     if root not in sys.path:
         sys.path.insert(0, root)
-    for stale in [m for m in sys.modules if m == "app" or m == "chalicelib" or m.startswith("chalicelib.")]:
-        del sys.modules[stale]  # a different project's modules of the same name must not be reused
     try:
         module = importlib.import_module("app")
     except Exception as exc:

@@ -635,3 +635,25 @@ def test_a_directory_that_is_not_a_chalice_project_is_refused(tmp_path):
     )
     assert result.returncode == 2
     assert "has no app.py: pass --project-dir with a Chalice project" in result.stderr
+
+
+def test_any_projects_rest_routes_are_served_on_the_same_port_as_chalice_local_serves_them(gateway):
+    import urllib.request
+
+    base = f"http://127.0.0.1:{gateway.port}"
+    with urllib.request.urlopen(f"{base}/items/pen?colour=blue", timeout=10) as response:
+        assert json.loads(response.read()) == {
+            "name": "pen",
+            "method": "GET",
+            "body": None,
+            "query": {"colour": "blue"},
+        }
+    put = urllib.request.Request(
+        f"{base}/items/ink", data=b'{"ml": 30}', headers={"Content-Type": "application/json"}, method="PUT"
+    )
+    with urllib.request.urlopen(put, timeout=10) as response:
+        assert json.loads(response.read())["body"] == {"ml": 30}
+    # A path the app does not route: API Gateway's answer
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{base}/nowhere", timeout=10)
+    assert missing.value.code == 403

@@ -153,3 +153,10 @@ def disconnect(event):
     _record("disconnect", event, event.context)
     with _lock:
         _connections.discard(event.connection_id)
+
+
+@app.route("/items/{name}", methods=["GET", "PUT"])
+def item(name):
+    """A REST route of another project: the gateway serves it beside the WebSocket API, on one port."""
+    request = app.current_request
+    return {"name": name, "method": request.method, "body": request.json_body, "query": request.query_params}
