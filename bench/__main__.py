@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, each figure beside its baseline, as a ratio.
 
-python -m bench [NAME ...]     (names: cpu, connect, redis, channels, coldstart, fanout; default: all)
+python -m bench [NAME ...]     (names: cpu, connect, redis, channels, backend, coldstart, fanout; default: all)
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from bench import common
 
 
 def main() -> None:
-    from bench import channel_costs, cold_start, connect_cpu, cpu_per_recipient, fanout_latency, redis_costs
+    from bench import (
+        backend_publish,
+        channel_costs,
+        cold_start,
+        connect_cpu,
+        cpu_per_recipient,
+        fanout_latency,
+        redis_costs,
+    )
 
     suites = {
         "fanout": fanout_latency.run,
@@ -24,6 +32,7 @@ def main() -> None:
         "connect": connect_cpu.run,
         "redis": redis_costs.run,
         "channels": channel_costs.run,
+        "backend": backend_publish.run,
         "coldstart": cold_start.run,
     }
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
