@@ -5,6 +5,7 @@ Playwright), and a backend's signed POST /publish reaching WebSocket clients, th
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import boto3
@@ -118,3 +119,22 @@ def test_an_unsigned_publish_is_refused_as_api_gateway_refuses_it(gateway):
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
     assert json.loads(refused.value.read()) == {"message": "Missing Authentication Token"}
+
+
+def test_make_publish_reaches_a_connected_client(gateway):
+    with connect(gateway.url, open_timeout=10) as listener:
+        made = subprocess.run(
+            [
+                "make",
+                "--no-print-directory",
+                "publish",
+                f"url=http://127.0.0.1:{gateway.port}/publish",
+                'message={"type": 3, "data": "via make"}',
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(made.stdout)["delivered"] >= 1
+        assert json.loads(listener.recv(timeout=10))["data"] == "via make"
