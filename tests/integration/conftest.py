@@ -1,21 +1,23 @@
-import uuid
-
 import pytest
 
-from tests.support.gateway_driver import GatewayDriver
+from tests.support.gateway_driver import GatewayDriver, app_on
 
 
 @pytest.fixture
 def app_module(monkeypatch, redis_server, management_api):
-    """The unchanged app, configured as a stage would be, with a fresh cold start per test."""
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("REDIS_KEY_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", management_api.endpoint)
-    import app
+    yield from app_on(monkeypatch, redis_server.url, management_api)
 
-    app.broadcaster.cache_clear()
-    yield app
-    app.broadcaster.cache_clear()
+
+@pytest.fixture
+def jwt_stage(monkeypatch):
+    """A stage that verifies HS256 tokens (tests.support.identity_provider's secret) and allows one origin."""
+    from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET
+
+    monkeypatch.setenv("AUTH_MODE", "jwt")
+    monkeypatch.setenv("AUTH_JWT_SECRET", SECRET)
+    monkeypatch.setenv("AUTH_ISSUER", ISSUER)
+    monkeypatch.setenv("AUTH_AUDIENCE", AUDIENCE)
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://app.example.com")
 
 
 @pytest.fixture

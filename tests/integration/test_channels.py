@@ -13,7 +13,7 @@ from chalice.test import Client
 
 from chalicelib import envelope
 from chalicelib.registry import registry_key
-from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
+from tests.support.identity_provider import secret_token
 
 
 def test_the_reference_message_without_a_channel_still_reaches_everyone(gateway, management_api):
@@ -114,14 +114,6 @@ def test_disconnect_leaves_every_channel(gateway, redis_server):
     )
     assert client.exists(f"{{{prefix}}}:conn:{bob.connection_id}") == 0
     assert not client.hexists(registry_key(prefix), bob.connection_id)
-
-
-@pytest.fixture
-def jwt_stage(monkeypatch):
-    monkeypatch.setenv("AUTH_MODE", "jwt")
-    monkeypatch.setenv("AUTH_JWT_SECRET", SECRET)
-    monkeypatch.setenv("AUTH_ISSUER", ISSUER)
-    monkeypatch.setenv("AUTH_AUDIENCE", AUDIENCE)
 
 
 def bearer(**claims) -> dict:

@@ -6,7 +6,6 @@ one error reply per refusal, a pong, and a registry that heals after Redis loses
 from __future__ import annotations
 
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
@@ -15,18 +14,8 @@ import redis
 
 from chalicelib import envelope
 from chalicelib.registry import principal_key, registry_key
-from tests.support.gateway_driver import GatewayDriver
-from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
-
-
-@pytest.fixture
-def jwt_stage(monkeypatch):
-    """A stage that verifies HS256 tokens and allows one web origin."""
-    monkeypatch.setenv("AUTH_MODE", "jwt")
-    monkeypatch.setenv("AUTH_JWT_SECRET", SECRET)
-    monkeypatch.setenv("AUTH_ISSUER", ISSUER)
-    monkeypatch.setenv("AUTH_AUDIENCE", AUDIENCE)
-    monkeypatch.setenv("ALLOWED_ORIGINS", "https://app.example.com")
+from tests.support.gateway_driver import GatewayDriver, app_on
+from tests.support.identity_provider import secret_token
 
 
 def connect_with(gateway: GatewayDriver, headers: dict | None = None, query: dict | None = None):
@@ -124,15 +113,10 @@ def test_a_ping_is_answered_to_its_sender_alone(gateway, management_api):
 @pytest.fixture
 def volatile_gateway(monkeypatch, private_redis_server, management_api):
     """The app on a redis-server that loses everything when restarted (no persistence, no replica)."""
-    monkeypatch.setenv("REDIS_URL", private_redis_server.url)
-    monkeypatch.setenv("REDIS_KEY_PREFIX", f"heal-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("REDIS_SOCKET_TIMEOUT_SECONDS", "0.5")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", management_api.endpoint)
-    import app
-
-    app.broadcaster.cache_clear()
-    yield GatewayDriver(app, management_api)
-    app.broadcaster.cache_clear()
+    for app in app_on(
+        monkeypatch, private_redis_server.url, management_api, REDIS_SOCKET_TIMEOUT_SECONDS="0.5"
+    ):
+        yield GatewayDriver(app, management_api)
 
 
 def test_after_redis_loses_its_data_a_silent_listener_heals_with_its_keepalive(

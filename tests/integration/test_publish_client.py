@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -14,6 +12,7 @@ import pytest
 
 from testing.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN
 from testing.sigv4 import Expected, signature_problem
+from tests.support.json_http import JsonHttpServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
 from publish import PublishError, _region, publish
@@ -24,43 +23,21 @@ def publish_route():
     """POST /api/publish that refuses a request API Gateway's IAM authorizer would refuse (403)."""
     received = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            expected = Expected(
-                keys={ACCESS_KEY_ID: (SECRET_ACCESS_KEY, SESSION_TOKEN)},
-                region="us-east-1",
-                host=self.headers["Host"],
-            )
-            url = f"http://{self.headers['Host']}{self.path}"
-            problem = signature_problem("POST", url, self.headers, body, expected)
-            if problem:
-                self._answer(403, {"message": problem})
-                return
-            message = json.loads(body)
-            received.append(message)
-            if message.get("type") is None:
-                self._answer(400, {"error": {"code": "missing_type", "message": "no type"}})
-                return
-            self._answer(200, {"recipients": 2, "delivered": 2, "gone": 0, "failed": 0})
+    def handle(method: str, path: str, headers, body: bytes) -> tuple[int, dict]:
+        expected = Expected(
+            keys={ACCESS_KEY_ID: (SECRET_ACCESS_KEY, SESSION_TOKEN)}, region="us-east-1", host=headers["Host"]
+        )
+        problem = signature_problem("POST", f"http://{headers['Host']}{path}", headers, body, expected)
+        if problem:
+            return 403, {"message": problem}
+        message = json.loads(body)
+        received.append(message)
+        if message.get("type") is None:
+            return 400, {"error": {"code": "missing_type", "message": "no type"}}
+        return 200, {"recipients": 2, "delivered": 2, "gone": 0, "failed": 0}
 
-        def _answer(self, status: int, document: dict) -> None:
-            payload = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/api/publish", received
-    server.shutdown()
-    server.server_close()
+    with JsonHttpServer(handle) as server:
+        yield f"{server.url}/api/publish", received
 
 
 def test_a_signed_publish_is_accepted_and_answers_the_report(publish_route):

@@ -1,11 +1,9 @@
 """A Redis outage fails cleanly and the same process recovers once Redis is back."""
 
-import uuid
-
 import pytest
 
 from chalicelib import envelope
-from tests.support.gateway_driver import GatewayDriver
+from tests.support.gateway_driver import GatewayDriver, app_on
 from tests.support.redis_server import RedisServer
 
 
@@ -20,15 +18,8 @@ def durable_redis(tmp_path) -> RedisServer:
 
 @pytest.fixture
 def gateway(monkeypatch, durable_redis, management_api):
-    monkeypatch.setenv("REDIS_URL", durable_redis.url)
-    monkeypatch.setenv("REDIS_KEY_PREFIX", f"faults-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("REDIS_SOCKET_TIMEOUT_SECONDS", "0.5")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", management_api.endpoint)
-    import app
-
-    app.broadcaster.cache_clear()
-    yield GatewayDriver(app, management_api)
-    app.broadcaster.cache_clear()
+    for app in app_on(monkeypatch, durable_redis.url, management_api, REDIS_SOCKET_TIMEOUT_SECONDS="0.5"):
+        yield GatewayDriver(app, management_api)
 
 
 def test_an_outage_fails_cleanly_and_the_same_process_recovers(

@@ -8,6 +8,7 @@ $connect handler answered 2xx, as API Gateway does.
 from __future__ import annotations
 
 import json
+import uuid
 
 from testing.apigw import Connection
 from testing.lambda_context import LambdaContext
@@ -36,3 +37,17 @@ class GatewayDriver:
     def disconnect(self, connection: Connection) -> dict:
         self.management_api.close(connection.connection_id)
         return self.app.disconnect(connection.disconnect_event(), LambdaContext())
+
+
+def app_on(monkeypatch, redis_url: str, management_api, **settings: str):
+    """The unchanged app, configured as a stage would be, with a fresh cold start; a generator fixture body."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("REDIS_KEY_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", management_api.endpoint)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    import app
+
+    app.broadcaster.cache_clear()
+    yield app
+    app.broadcaster.cache_clear()

@@ -11,14 +11,14 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.support.json_http import JsonHttpServer
 
 ISSUER = "https://idp.test.example"
 AUDIENCE = "ws-broadcast-tests"
@@ -79,35 +79,22 @@ def secret_token(secret: str = SECRET, **claims) -> str:
 
 
 class IdentityProvider:
-    """Serves ``/jwks.json`` with the public halves of its keys; ``down()`` answers 503."""
+    """Serves ``/jwks.json`` with the public halves of its keys; ``available = False`` answers 503."""
 
     def __init__(self) -> None:
         self.keys = [SigningKey("RS256"), SigningKey("ES256")]
         self.requests = 0
         self.available = True
-        provider = self
+        self._server = JsonHttpServer(self._handle)
+        self.jwks_url = f"{self._server.url}/jwks.json"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                provider.requests += 1
-                if not provider.available or self.path != "/jwks.json":
-                    self.send_error(503 if not provider.available else 404)
-                    return
-                body = json.dumps({"keys": [key.jwk() for key in provider.keys]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.jwks_url = f"http://127.0.0.1:{self._server.server_port}/jwks.json"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+    def _handle(self, method: str, path: str, headers, body: bytes) -> tuple[int, dict]:
+        self.requests += 1
+        if not self.available:
+            return 503, {"message": "unavailable"}
+        if path != "/jwks.json":
+            return 404, {"message": "not found"}
+        return 200, {"keys": [key.jwk() for key in self.keys]}
 
     @property
     def rsa(self) -> SigningKey:
@@ -121,9 +108,8 @@ class IdentityProvider:
         self.keys.append(key)
 
     def __enter__(self) -> IdentityProvider:
-        self._thread.start()
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.__exit__(*exc)
