@@ -105,8 +105,8 @@ deploy:
 	$(AWS) cloudformation deploy --template-file $(OUT)/packaged.yaml --stack-name $(stack) --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
 	@echo "next: make endpoint stack=$(stack)"
 
-## make endpoint stack=STACK: the wss:// URL (stack output WebsocketConnectEndpointURL, or chalice's
-## record for a network stack) and a first wscat line.
+## make endpoint stack=STACK: the wss:// URL and POST /publish's (stack outputs WebsocketConnectEndpointURL
+## and PublishURL, or chalice's record for a network stack), with a first wscat line and make publish line.
 endpoint:
 	@test -n "$(stack)" || { echo "make endpoint: stack is missing: make endpoint stack=<stack name>" >&2; exit 2; }
 	@scripts/bootstrap python
@@ -136,8 +136,9 @@ chalice-config:
 	$(AWS) cloudformation describe-stacks --stack-name $(stack) --output json > $(BUILD)/stack-$(stack).json
 	$(PY) scripts/write_chalice_config.py --describe-stacks $(BUILD)/stack-$(stack).json --stage $(STAGE)
 
-## make chalice-deploy: `chalice deploy --stage $(STAGE)` with the same AWS_PROFILE / AWS_DEFAULT_REGION.
+## make chalice-deploy: `chalice deploy --stage $(STAGE)` with the same AWS_PROFILE / AWS_DEFAULT_REGION; then
+## api_handler gets the WebSocket API's id (known only now) and the policy is narrowed to it, by a second deploy.
 chalice-deploy:
 	scripts/bootstrap python
 	$(PY) scripts/lambda_runtime.py
-	$(CHALICE) deploy --stage $(STAGE)
+	$(STACK_STEP) chalice-deploy --stage $(STAGE)

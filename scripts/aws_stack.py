@@ -4,7 +4,8 @@
     scripts/aws_stack.py bucket BUCKET              create the code bucket in the current region
     scripts/aws_stack.py check-bucket BUCKET        fail unless BUCKET is in the current region
     scripts/aws_stack.py secret NAME                a random HS256 secret as an SSM SecureString
-    scripts/aws_stack.py endpoint STACK [--stage S] the wss:// URL, by output key, and a first wscat line
+    scripts/aws_stack.py endpoint STACK [--stage S] the wss:// and POST /publish URLs, and first commands
+    scripts/aws_stack.py chalice-deploy [--stage S]  chalice deploy, then again with the WebSocket API's id
     scripts/aws_stack.py destroy STACK [--stage S] [--bucket B] [--secret NAME]
 
 Every call goes to the `aws` named by $AWS (default `aws`) with the caller's environment, so
@@ -23,7 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from write_chalice_config import record_deployed
+
 ENDPOINT_OUTPUT = "WebsocketConnectEndpointURL"
+PUBLISH_OUTPUT = "PublishURL"
 # Lambda releases a VPC function's network interfaces some minutes after the function is deleted;
 # until then its security group and subnets cannot be deleted.
 ENI_POLL_SECONDS = 30
@@ -114,17 +118,47 @@ def deployed_state(stage: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def endpoint(stack: str, stage: str) -> str:
-    """The wss:// URL: the stack's output by key (one stack), else chalice's record (network stack)."""
-    url = outputs(describe(stack)).get(ENDPOINT_OUTPUT)
-    if url:
-        return url
-    for resource in (deployed_state(stage) or {}).get("resources", []):
-        if resource.get("websocket_api_url"):
-            return resource["websocket_api_url"]
+def endpoints(stack: str, stage: str) -> tuple[str, str]:
+    """The wss:// URL and POST /publish's: the stack's outputs by key (one stack), else chalice's
+    record (network stack)."""
+    found = outputs(describe(stack))
+    if found.get(ENDPOINT_OUTPUT) and found.get(PUBLISH_OUTPUT):
+        return found[ENDPOINT_OUTPUT], found[PUBLISH_OUTPUT]
+    recorded = {
+        key: value for r in (deployed_state(stage) or {}).get("resources", []) for key, value in r.items()
+    }
+    if recorded.get("websocket_api_url") and recorded.get("rest_api_url"):
+        return recorded["websocket_api_url"], recorded["rest_api_url"] + "publish"
     raise StepError(
-        f"stack {stack} has no output {ENDPOINT_OUTPUT} and .chalice/deployed/{stage}.json no "
-        "websocket_api_url: deploy first (make deploy, or make network then make chalice-deploy)"
+        f"stack {stack} has no outputs {ENDPOINT_OUTPUT} and {PUBLISH_OUTPUT}, and .chalice/deployed/"
+        f"{stage}.json no websocket_api_url and rest_api_url: deploy first (make deploy, or make network "
+        "then make chalice-deploy)"
+    )
+
+
+def chalice_deploy(stage: str, log_retention_days: int) -> None:
+    """`chalice deploy`; the WebSocket API's id exists only then, so api_handler (POST /publish) gets it
+    and the policy is narrowed to that API, applied by a second deploy (only when they changed).
+    chalice names api_handler's log group after a function name it does not use (chalice 1.34), so
+    the group Lambda writes to gets its retention here."""
+    chalice = os.environ.get("CHALICE", "chalice")
+    for attempt in range(2):
+        print(f"+ {chalice} deploy --stage {stage}", file=sys.stderr, flush=True)
+        subprocess.run([chalice, "deploy", "--stage", stage], check=True)
+        state = Path(".chalice") / "deployed" / f"{stage}.json"
+        if attempt or not record_deployed(Path(".chalice") / "config.json", state, stage):
+            break
+    handler = next(r for r in deployed_state(stage)["resources"] if r.get("name") == "api_handler")
+    group = "/aws/lambda/" + handler["lambda_arn"].split(":")[-1]
+    aws("logs", "create-log-group", "--log-group-name", group, parse=False, check=False)  # may exist
+    aws(
+        "logs",
+        "put-retention-policy",
+        "--log-group-name",
+        group,
+        "--retention-in-days",
+        str(log_retention_days),
+        parse=False,
     )
 
 
@@ -194,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     steps.add_parser("bucket").add_argument("bucket")
     steps.add_parser("check-bucket").add_argument("bucket")
     steps.add_parser("secret").add_argument("name")
+    deploy = steps.add_parser("chalice-deploy")
+    deploy.add_argument("--stage", default="prod")
+    deploy.add_argument("--log-retention-days", type=int, default=30)
     for name in ("endpoint", "destroy"):
         step = steps.add_parser(name)
         step.add_argument("stack")
@@ -209,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "secret":
             create_secret(args.name)
         elif args.step == "endpoint":
-            url = endpoint(args.stack, args.stage)
+            url, publish_url = endpoints(args.stack, args.stage)
             print(url)
             print(f'node_modules/.bin/wscat -c "{url}" -H "Authorization: Bearer $TOKEN"')
+            print(publish_url)
+            print(f"make publish url={publish_url}")
+        elif args.step == "chalice-deploy":
+            chalice_deploy(args.stage, args.log_retention_days)
         else:
             destroy(args.stack, args.stage, args.bucket, args.secret)
     except (StepError, subprocess.CalledProcessError) as error:

@@ -3,10 +3,12 @@
 
     aws cloudformation describe-stacks --stack-name NET --output json > build/stack-NET.json
     scripts/write_chalice_config.py --describe-stacks build/stack-NET.json --stage prod
+    scripts/write_chalice_config.py --deployed .chalice/deployed/prod.json --stage prod   (after a deploy)
 
 For the stage it sets, and leaves everything else in the file as it was:
   - ``subnet_ids`` / ``security_group_ids`` from the outputs PrivateSubnetIds and FunctionSecurityGroupId,
-    at the stage level if the stage sets them there, else on each of the three WebSocket functions;
+    at the stage level if the stage sets them there, else on each function (the three WebSocket
+    handlers and api_handler, which serves POST /publish);
   - ``environment_variables`` REDIS_URL, REDIS_AUTH, REDIS_IAM_USER_ID, REDIS_IAM_CACHE_NAME (and the
     same names where a function overrides them, so no stale value wins);
   - ``autogen_policy: false`` with ``iam_policy_file: policy-<stage>.json``, written next to the config:
@@ -18,6 +20,11 @@ For the stage it sets, and leaves everything else in the file as it was:
   - ``log_retention_in_days`` (chalice then creates each function's log group with that retention, and
     `chalice delete` removes it) and websocket_message's ``reserved_concurrency``, as the template's
     LogRetentionDays and MessageReservedConcurrency do on the one-stack path.
+
+With ``--deployed`` (after a `chalice deploy`, which is when the WebSocket API's id first exists; `make
+chalice-deploy` does it, and deploys again when it changed anything): api_handler's WEBSOCKET_API_ID and
+WEBSOCKET_API_STAGE (POST /publish posts through that API), and the policy's ManageConnections
+narrowed to that API.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import json
 import sys
 from pathlib import Path
 
-FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect")
+FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler")
 USABLE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
 REQUIRED_OUTPUTS = (
     "PrivateSubnetIds",
@@ -107,12 +114,7 @@ def policy(
                 ],
                 "Resource": "*",
             },
-            {
-                "Sid": "PostToConnectionsOfThisAccountAndRegion",
-                "Effect": "Allow",
-                "Action": "execute-api:ManageConnections",
-                "Resource": f"arn:{partition}:execute-api:{region}:{account}:*/*/*/@connections/*",
-            },
+            manage_connections(partition, region, account),
             {
                 "Sid": "ConnectToTheCacheAsTheAppUser",
                 "Effect": "Allow",
@@ -122,6 +124,47 @@ def policy(
             *([read_secret] if secret else []),
         ],
     }
+
+
+def manage_connections(partition: str, region: str, account: str, api_id: str = "*") -> dict:
+    """Posting to connections: of every WebSocket API of the account and region until the API exists."""
+    return {
+        "Sid": "PostToConnections",
+        "Effect": "Allow",
+        "Action": "execute-api:ManageConnections",
+        "Resource": f"arn:{partition}:execute-api:{region}:{account}:{api_id}/*/*/@connections/*",
+    }
+
+
+def record_websocket_api(config: dict, stage: str, deployed: dict, policy_document: dict | None) -> bool:
+    """Give api_handler the deployed WebSocket API and narrow the policy's ManageConnections to it
+    (when the stage has a policy file of ours), in place; True when anything changed (a deploy must
+    then apply it)."""
+    found = {r.get("resource_type"): r for r in deployed.get("resources", [])}
+    api, function = found.get("websocket_api"), found.get("lambda_function")
+    if not api or not api.get("websocket_api_id") or not function:
+        raise ConfigError("the deployed record has no WebSocket API: run chalice deploy first")
+    # arn:PARTITION:lambda:REGION:ACCOUNT:function:NAME
+    partition, _, region, account = function["lambda_arn"].split(":")[1:5]
+    stage_config = config.setdefault("stages", {}).setdefault(stage, {})
+    env = {
+        "WEBSOCKET_API_ID": api["websocket_api_id"],
+        "WEBSOCKET_API_STAGE": stage_config.get("api_gateway_stage", "api"),
+    }
+    handler = stage_config.setdefault("lambda_functions", {}).setdefault("api_handler", {})
+    variables = handler.setdefault("environment_variables", {})
+    changed = bool(env.items() - variables.items())
+    variables.update(env)
+    if policy_document is None:
+        return changed
+    statements = policy_document["Statement"]
+    narrowed = manage_connections(partition, region, account, api["websocket_api_id"])
+    index = next((i for i, s in enumerate(statements) if s.get("Sid") == narrowed["Sid"]), None)
+    if index is None:
+        raise ConfigError(f"the stage's policy has no {narrowed['Sid']} statement: run make chalice-config")
+    changed = changed or statements[index] != narrowed
+    statements[index] = narrowed
+    return changed
 
 
 def update_config(
@@ -175,14 +218,19 @@ def update_config(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--describe-stacks", type=Path, required=True, help="output of aws cloudformation describe-stacks"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--describe-stacks", type=Path, help="output of aws cloudformation describe-stacks")
+    source.add_argument(
+        "--deployed", type=Path, help="chalice's .chalice/deployed/STAGE.json, after a deploy"
     )
     parser.add_argument("--stage", default="prod")
     parser.add_argument("--config", type=Path, default=Path(".chalice/config.json"))
     parser.add_argument("--log-retention-days", type=int, default=30)
     parser.add_argument("--message-reserved-concurrency", type=int, default=100, help="0: no reservation")
     args = parser.parse_args(argv)
+    if args.deployed:
+        record_deployed(args.config, args.deployed, args.stage)
+        return 0
     try:
         outputs, partition, region, account = stack_outputs(json.loads(args.describe_stacks.read_text()))
         config = json.loads(args.config.read_text())
@@ -200,6 +248,23 @@ def main(argv: list[str] | None = None) -> int:
     args.config.write_text(json.dumps(config, indent=2) + "\n")
     print(f"write_chalice_config: stage {args.stage} of {args.config} now uses the stack's network and cache")
     return 0
+
+
+def record_deployed(config_path: Path, deployed: Path, stage: str) -> bool:
+    """record_websocket_api on the files; True when they changed (SystemExit with a message on error)."""
+    policy_path = config_path.parent / f"policy-{stage}.json"
+    try:
+        config = json.loads(config_path.read_text())
+        document = json.loads(policy_path.read_text()) if policy_path.exists() else None
+        changed = record_websocket_api(config, stage, json.loads(deployed.read_text()), document)
+    except (ConfigError, OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"write_chalice_config: {error}") from None
+    if changed:
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        if document is not None:
+            policy_path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"write_chalice_config: stage {stage}: api_handler posts through the deployed WebSocket API")
+    return changed
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ so a test sees both the command and the account and region it would have reached
 - `s3api get-bucket-location`: $BUCKET_REGION, or the caller's region;
 - `ec2 describe-network-interfaces`: none left;
 - `chalice package ... OUT`: a template naming this Python's runtime, and a zip with app.py;
-- `chalice deploy --stage S`: .chalice/deployed/S.json as chalice writes it; `chalice delete`: removes it.
+- `chalice deploy --stage S`: .chalice/deployed/S.json as chalice writes it (both APIs, four functions); `chalice delete`: removes it.
 Everything else answers nothing and succeeds.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENDPOINT = "wss://abc123defg.execute-api.{region}.amazonaws.com/api"
+PUBLISH = "https://rest456hij.execute-api.{region}.amazonaws.com/api/publish"
 
 _SCRIPT = textwrap.dedent(
     """\
@@ -41,6 +42,7 @@ _SCRIPT = textwrap.dedent(
             answer = {{"Stacks": [{{"StackName": stack, "StackStatus": "CREATE_COMPLETE", "Outputs": [
                 {{"OutputKey": "WebsocketAPIId", "OutputValue": "abc123defg"}},
                 {{"OutputKey": "WebsocketConnectEndpointURL", "OutputValue": {endpoint!r}.format(region=region)}},
+                {{"OutputKey": "PublishURL", "OutputValue": {publish!r}.format(region=region)}},
             ]}}]}}
         print(json.dumps(answer))
     elif name == "aws" and args[:2] == ["s3api", "get-bucket-location"]:
@@ -64,7 +66,11 @@ _SCRIPT = textwrap.dedent(
         arn = "arn:aws:lambda:%s:123456789012:function:ws-broadcast-%s-" % (region, stage)
         resources = [{{"name": f, "resource_type": "lambda_function", "lambda_arn": arn + f}}
                      for f in ("websocket_connect", "websocket_message", "websocket_disconnect")]
-        resources.append({{"name": "websocket_api", "resource_type": "websocket_api",
+        # chalice names the REST API's function <app>-<stage>, without its resource name
+        resources.append({{"name": "api_handler", "resource_type": "lambda_function", "lambda_arn": arn[:-1]}})
+        resources.append({{"name": "rest_api", "resource_type": "rest_api", "rest_api_id": "rest456hij",
+                           "rest_api_url": {publish!r}.format(region=region)[:-len("publish")]}})
+        resources.append({{"name": "websocket_api", "resource_type": "websocket_api", "websocket_api_id": "abc123defg",
                            "websocket_api_url": {endpoint!r}.format(region=region) + "/"}})
         json.dump({{"resources": resources, "schema_version": "2.0", "backend": "api"}},
                   open(".chalice/deployed/%s.json" % stage, "w"))
@@ -78,7 +84,10 @@ def install(bin_dir: Path) -> None:
     """Write the `aws` and `chalice` stand-ins into ``bin_dir``."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     script = _SCRIPT.format(
-        python=sys.executable, network=str(FIXTURES / "describe-stacks-network.json"), endpoint=ENDPOINT
+        python=sys.executable,
+        network=str(FIXTURES / "describe-stacks-network.json"),
+        endpoint=ENDPOINT,
+        publish=PUBLISH,
     )
     for name in ("aws", "chalice"):
         stub = bin_dir / name

@@ -61,11 +61,15 @@ def test_infra_overrides_touch_only_resources_chalice_generates():
         "WebsocketDisconnect",
         "DefaultRole",
         "WebsocketAPIStage",
+        "APIHandler",
+        "RestAPI",
     }
     added = {name: r["Type"] for name, r in app["Resources"].items() if name not in overrides}
     assert added == {
         "WebsocketConnectLogGroup": "AWS::Logs::LogGroup",
         "WebsocketMessageLogGroup": "AWS::Logs::LogGroup",
+        "ApiHandlerLogGroup": "AWS::Logs::LogGroup",
+        "RestAccessLogGroup": "AWS::Logs::LogGroup",
         "WebsocketDisconnectLogGroup": "AWS::Logs::LogGroup",
         "WebsocketAccessLogGroup": "AWS::Logs::LogGroup",
         "ApiGatewayCloudWatchRole": "AWS::IAM::Role",

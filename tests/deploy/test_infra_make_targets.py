@@ -204,13 +204,15 @@ def test_secret_is_a_random_securestring_never_on_a_command_line(sandbox):
     assert _option(first, "--value") != _option(second, "--value")
 
 
-def test_endpoint_prints_the_url_by_output_key_and_a_wscat_line(sandbox):
+def test_endpoint_prints_the_urls_by_output_key_a_wscat_line_and_a_publish_line(sandbox):
     _, make, calls = sandbox
     result = make("endpoint", "stack=ws-broadcast")
     assert result.returncode == 0, result.stderr
-    url, wscat = result.stdout.splitlines()
+    url, wscat, publish_url, publish = result.stdout.splitlines()
     assert url == "wss://abc123defg.execute-api.eu-west-1.amazonaws.com/api"
     assert wscat.startswith(f'node_modules/.bin/wscat -c "{url}"')
+    assert publish_url == "https://rest456hij.execute-api.eu-west-1.amazonaws.com/api/publish"
+    assert publish == f"make publish url={publish_url}"
     assert _aws(calls()) == [
         ["cloudformation", "describe-stacks", "--stack-name", "ws-broadcast", "--output", "json"]
     ]
@@ -234,6 +236,11 @@ def test_destroy_removes_the_chalice_app_and_waits_for_its_network_interfaces_be
     assert make("network", "stack=ws-net").returncode == 0
     assert make("chalice-deploy").returncode == 0
     done = len(calls())
+    # the network path's endpoints come from chalice's record
+    assert make("endpoint", "stack=ws-net").stdout.splitlines()[2] == (
+        "https://rest456hij.execute-api.eu-west-1.amazonaws.com/api/publish"
+    )
+    done = len(calls())
     result = make("destroy", "stack=ws-net", "secret=/ws-broadcast/prod/jwt-secret")
     assert result.returncode == 0, result.stderr
     steps = calls()[done:]
@@ -244,6 +251,8 @@ def test_destroy_removes_the_chalice_app_and_waits_for_its_network_interfaces_be
             ["aws", "logs", "delete-log-group", "--log-group-name", f"/aws/lambda/ws-broadcast-prod-{name}"]
             for name in ("websocket_connect", "websocket_message", "websocket_disconnect")
         ),
+        # api_handler's function is <app>-<stage>
+        ["aws", "logs", "delete-log-group", "--log-group-name", "/aws/lambda/ws-broadcast-prod"],
         # the functions' security group must have no network interface left before its stack goes
         ["aws", "ec2", "describe-network-interfaces", "--filters", "Name=group-id,Values=sg-0f60718293a4b5c63",
          "--output", "json"],
@@ -295,6 +304,8 @@ AWS_CLI_OPTIONS = {
     ("ssm", "put-parameter"): {"--name", "--value", "--type", "--description", "--overwrite", "--key-id", "--tier"},
     ("ssm", "delete-parameter"): {"--name"},
     ("logs", "delete-log-group"): {"--log-group-name"},
+    ("logs", "create-log-group"): {"--log-group-name", "--kms-key-id", "--tags", "--log-group-class"},
+    ("logs", "put-retention-policy"): {"--log-group-name", "--retention-in-days"},
     ("ec2", "describe-network-interfaces"): {"--filters", "--network-interface-ids", "--dry-run"},
 }  # fmt: skip
 GLOBAL_OPTIONS = {"--output", "--region", "--profile", "--query", "--no-paginate", "--debug"}
@@ -310,6 +321,7 @@ GLOBAL_OPTIONS = {"--output", "--region", "--profile", "--query", "--no-paginate
         ("secret",),
         ("endpoint", "stack=s"),
         ("destroy", "stack=ws-net", "bucket=b", "secret=/x"),
+        ("chalice-deploy",),
     ],
 )
 def test_every_aws_call_uses_only_options_the_cli_has(sandbox, target):

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
-FUNCTIONS = ("WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect")
+# The three WebSocket handlers and APIHandler, the REST API's function (POST /publish).
+FUNCTIONS = ("WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "APIHandler")
 PRIVATE_SUBNETS = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
 FUNCTION_SG = {"Fn::GetAtt": ["FunctionSecurityGroup", "GroupId"]}
 CACHE_SG = {"Fn::GetAtt": ["CacheSecurityGroup", "GroupId"]}
@@ -61,8 +62,10 @@ def test_merged_package_lints_clean(package_dir):
 def test_package_is_one_template_with_app_and_infra(template, resources, package_dir):
     network = YAMLTemplateSerializer().load_template((ROOT / "infra" / "network.yaml").read_text())
     assert set(network["Resources"]) <= set(resources)
-    assert set(FUNCTIONS) | {"WebsocketAPI", "DefaultRole"} <= set(resources)
-    assert set(network["Outputs"]) | {"WebsocketConnectEndpointURL"} <= set(template["Outputs"])
+    assert set(FUNCTIONS) | {"WebsocketAPI", "RestAPI", "DefaultRole"} <= set(resources)
+    assert set(network["Outputs"]) | {"WebsocketConnectEndpointURL", "EndpointURL", "PublishURL"} <= set(
+        template["Outputs"]
+    )
     with zipfile.ZipFile(package_dir / "deployment.zip") as archive:
         names = set(archive.namelist())
     assert {"app.py", "chalicelib/settings.py", "chalicelib/redis_auth.py"} <= names
@@ -110,6 +113,52 @@ def test_every_function_gets_the_redis_endpoint_and_iam_auth_settings(template, 
     )
     assert settings.redis_auth.mode == "iam"
     assert settings.auth.mode == "jwt", "prod admits only clients with a valid token"
+
+
+def test_the_publish_function_posts_through_this_stacks_websocket_api(template, resources):
+    env = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
+    assert env["WEBSOCKET_API_ID"] == {"Ref": "WebsocketAPI"}
+    # Ref of an AWS::ApiGatewayV2::Stage is its name: the stage chalice deploys, whose URL clients use
+    assert env["WEBSOCKET_API_STAGE"] == {"Ref": "WebsocketAPIStage"}
+    assert resources["WebsocketAPIStage"]["Properties"]["StageName"] == "api"
+    for function in FUNCTIONS[:3]:  # the WebSocket handlers post to their own caller's API
+        assert "WEBSOCKET_API_ID" not in resources[function]["Properties"]["Environment"]["Variables"]
+    from chalicelib.settings import Settings
+
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "rediss://master.x.abc.use1.cache.amazonaws.com:6379/0",
+            "AUTH_MODE": "none",
+            "WEBSOCKET_API_ID": "abc123defg",
+            "WEBSOCKET_API_STAGE": "api",
+            "AWS_REGION": "us-east-1",
+        }
+    )
+    assert (settings.websocket_api_id, settings.websocket_api_stage) == ("abc123defg", "api")
+
+
+def test_the_publish_function_is_sized_like_the_message_function_within_the_rest_timeout(resources):
+    # API Gateway's REST integrations time out at 29 s; the fan-out's CPU grows with memory.
+    for function in ("WebsocketMessage", "APIHandler"):
+        props = resources[function]["Properties"]
+        assert (props["MemorySize"], props["Timeout"]) == (1024, 28), function
+
+
+def test_every_function_runs_as_the_one_scoped_role(resources):
+    for function in FUNCTIONS:
+        assert resources[function]["Properties"]["Role"] == {"Fn::GetAtt": ["DefaultRole", "Arn"]}, function
+    roles = _of_type(resources, "AWS::IAM::Role")
+    assert set(roles) == {"DefaultRole", "ApiGatewayCloudWatchRole"}
+    assert "ManagedPolicyArns" not in resources["DefaultRole"]["Properties"]
+
+
+def test_the_publish_url_output_is_the_rest_route(template):
+    assert template["Outputs"]["PublishURL"]["Value"] == {
+        "Fn::Sub": "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}/api/publish"
+    }
+    assert template["Outputs"]["EndpointURL"]["Value"]["Fn::Sub"].endswith("/api/")  # chalice's stage root
+    assert template["Resources"]["RestAPI"]["Properties"]["StageName"] == "api"
+    assert "/publish" in template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
 
 
 def test_no_password_anywhere_in_the_template(template):
@@ -406,7 +455,7 @@ def test_the_message_function_has_reserved_concurrency_and_the_others_none(templ
         "Fn::Not": [{"Fn::Equals": [{"Ref": "MessageReservedConcurrency"}, 0]}]
     }
     assert template["Parameters"]["MessageReservedConcurrency"]["Default"] > 0
-    for function in ("WebsocketConnect", "WebsocketDisconnect"):
+    for function in ("WebsocketConnect", "WebsocketDisconnect", "APIHandler"):
         assert "ReservedConcurrentExecutions" not in resources[function]["Properties"]
 
 
@@ -439,13 +488,34 @@ def test_the_stage_writes_access_logs_with_the_accounts_cloudwatch_role(template
     assert template["Parameters"]["ApiGatewayCloudWatchRoleArn"]["Default"] == ""
 
 
+def test_the_rest_stage_throttles_and_writes_access_logs(template, resources):
+    # RestAPI is SAM's AWS::Serverless::Api: SAM writes these into the AWS::ApiGateway::Stage it makes.
+    api = resources["RestAPI"]
+    assert api["Type"] == "AWS::Serverless::Api"
+    (settings,) = api["Properties"]["MethodSettings"]
+    assert (settings["ResourcePath"], settings["HttpMethod"]) == ("/*", "*")  # every method of the stage
+    assert settings["ThrottlingRateLimit"] == {"Ref": "PublishThrottlingRateLimit"}
+    assert settings["ThrottlingBurstLimit"] == {"Ref": "PublishThrottlingBurstLimit"}
+    parameters = template["Parameters"]
+    assert 0 < parameters["PublishThrottlingRateLimit"]["Default"] < 10_000
+    assert 0 < parameters["PublishThrottlingBurstLimit"]["Default"] <= 5_000
+    access = api["Properties"]["AccessLogSetting"]
+    assert access["DestinationArn"] == {"Fn::GetAtt": ["RestAccessLogGroup", "Arn"]}
+    line = json.loads(access["Format"])
+    assert line["requestId"] == "$context.requestId"
+    assert line["userArn"] == "$context.identity.userArn"  # which backend published
+    assert "querystring" not in access["Format"].lower()
+    # the account's CloudWatch role first: SAM's stage depends on the RestApi, which depends on it
+    assert api["DependsOn"] == "ApiGatewayAccount"
+
+
 def test_every_function_and_the_access_log_have_a_log_group_with_retention(template, resources):
     groups = _of_type(resources, "AWS::Logs::LogGroup")
     names = {json.dumps(g["Properties"]["LogGroupName"]) for g in groups.values()}
     for function in FUNCTIONS:
         # The name Lambda writes to, owned by the stack: delete-stack removes it.
         assert json.dumps({"Fn::Sub": f"/aws/lambda/${{{function}}}"}) in names, function
-    assert len(groups) == len(FUNCTIONS) + 1  # and the stage's access log
+    assert len(groups) == len(FUNCTIONS) + 2  # and the two stages' access logs
     for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
         assert "DeletionPolicy" not in group

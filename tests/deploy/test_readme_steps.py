@@ -8,6 +8,7 @@ so the test sees what a reader of the repository would get.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -83,9 +84,14 @@ def test_the_network_and_chalice_path_from_secret_to_teardown(clone, tmp_path):
         ("aws", "cloudformation", "deploy"),
         ("aws", "cloudformation", "describe-stacks"),  # make chalice-config, inside make network
         ("chalice", "deploy", "--stage"),
+        # the WebSocket API's id exists now: api_handler gets it, the policy narrows to it, deployed again
+        ("chalice", "deploy", "--stage"),
+        ("aws", "logs", "create-log-group"),  # api_handler's log group, with its retention
+        ("aws", "logs", "put-retention-policy"),
         ("aws", "cloudformation", "describe-stacks"),  # make endpoint
         ("aws", "cloudformation", "describe-stacks"),  # make destroy
         ("chalice", "delete", "--stage"),
+        ("aws", "logs", "delete-log-group"),
         ("aws", "logs", "delete-log-group"),
         ("aws", "logs", "delete-log-group"),
         ("aws", "logs", "delete-log-group"),
@@ -96,3 +102,9 @@ def test_the_network_and_chalice_path_from_secret_to_teardown(clone, tmp_path):
     ]
     assert {(call["profile"], call["region"]) for call in calls} == {("prod", "eu-west-1")}
     assert "wss://abc123defg.execute-api.eu-west-1.amazonaws.com/api/" in out  # from chalice's record
+    assert "https://rest456hij.execute-api.eu-west-1.amazonaws.com/api/publish" in out
+    prod = json.loads((clone / ".chalice" / "config.json").read_text())["stages"]["prod"]
+    assert prod["lambda_functions"]["api_handler"]["environment_variables"] == {
+        "WEBSOCKET_API_ID": "abc123defg",
+        "WEBSOCKET_API_STAGE": "api",
+    }

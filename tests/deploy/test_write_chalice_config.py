@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "write_chalice_config.py"
 FIXTURE = Path(__file__).parent / "fixtures" / "describe-stacks-network.json"
-FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect")
+FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler")
 SUBNETS = ["subnet-0c3d4e5f607182930", "subnet-0d4e5f60718293a41"]
 FUNCTION_SG = "sg-0f60718293a4b5c63"
 
@@ -165,7 +165,7 @@ def test_policy_file_scopes_the_role(chalice_dir):
             "arn:aws:elasticache:eu-west-1:123456789012:user:ws-net-app",
         ],
     }
-    manage = by_sid["PostToConnectionsOfThisAccountAndRegion"]
+    manage = by_sid["PostToConnections"]  # the API does not exist yet: narrowed after the deploy
     assert manage["Action"] == "execute-api:ManageConnections"
     assert manage["Resource"] == "arn:aws:execute-api:eu-west-1:123456789012:*/*/*/@connections/*"
     assert by_sid["Logs"]["Resource"] == "arn:aws:logs:eu-west-1:123456789012:*"
@@ -265,7 +265,7 @@ def test_chalice_accepts_the_written_config(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     template = json.loads((tmp_path / "out" / "sam.json").read_text())
     functions = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
-    assert len(functions) == 3
+    assert set(functions) == {"WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "APIHandler"}
     for function in functions.values():
         props = function["Properties"]
         assert props["VpcConfig"] == {"SubnetIds": SUBNETS, "SecurityGroupIds": [FUNCTION_SG]}
@@ -273,10 +273,58 @@ def test_chalice_accepts_the_written_config(tmp_path):
         assert props["Environment"]["Variables"]["REDIS_IAM_CACHE_NAME"] == "ws-net"
     # chalice creates each function's log group with the retention (and `chalice delete` removes it)
     groups = [r for r in template["Resources"].values() if r["Type"] == "AWS::Logs::LogGroup"]
-    assert [g["Properties"]["RetentionInDays"] for g in groups] == [30, 30, 30]
+    assert [g["Properties"]["RetentionInDays"] for g in groups] == [30, 30, 30, 30]
+    handler = functions["APIHandler"]["Properties"]  # POST /publish, sized as websocket_message
+    assert (handler["MemorySize"], handler["Timeout"]) == (1024, 28)
     assert [p["Properties"].get("ReservedConcurrentExecutions") for p in functions.values()].count(100) == 1
     written = json.loads((project / ".chalice" / "policy-prod.json").read_text())
     for function in functions.values():
         role = template["Resources"][function["Properties"]["Role"]["Fn::GetAtt"][0]]
         (policy,) = role["Properties"]["Policies"]
         assert policy["PolicyDocument"] == written
+
+
+DEPLOYED = {
+    "schema_version": "2.0",
+    "backend": "api",
+    "resources": [
+        {"name": "api_handler", "resource_type": "lambda_function",
+         "lambda_arn": "arn:aws:lambda:eu-west-1:123456789012:function:ws-broadcast-prod"},
+        {"name": "websocket_api", "resource_type": "websocket_api", "websocket_api_id": "abc123defg",
+         "websocket_api_url": "wss://abc123defg.execute-api.eu-west-1.amazonaws.com/api/"},
+    ],
+}  # fmt: skip
+
+
+def test_after_a_deploy_the_publish_function_gets_the_websocket_api_and_the_policy_only_that_api(chalice_dir):
+    # GIVEN a stage written from the network stack, then deployed (chalice's record of the deploy)
+    assert _run(chalice_dir).returncode == 0
+    deployed = chalice_dir / "deployed" / "prod.json"
+    deployed.parent.mkdir()
+    deployed.write_text(json.dumps(DEPLOYED))
+    # WHEN
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "--deployed",
+        str(deployed),
+        "--config",
+        str(chalice_dir / "config.json"),
+    ]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    # THEN POST /publish posts through the deployed API, and the role may post to that API alone
+    assert first.returncode == 0, first.stderr
+    prod = json.loads((chalice_dir / "config.json").read_text())["stages"]["prod"]
+    assert prod["lambda_functions"]["api_handler"]["environment_variables"] == {
+        "WEBSOCKET_API_ID": "abc123defg",
+        "WEBSOCKET_API_STAGE": "api",
+    }
+    policy = json.loads((chalice_dir / "policy-prod.json").read_text())
+    (manage,) = [s for s in policy["Statement"] if s["Action"] == "execute-api:ManageConnections"]
+    assert manage["Resource"] == "arn:aws:execute-api:eu-west-1:123456789012:abc123defg/*/*/@connections/*"
+    # a second run changes nothing (make chalice-deploy then deploys once only)
+    before = (chalice_dir / "config.json").read_text()
+    second = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0
+    assert second.stdout == ""
+    assert (chalice_dir / "config.json").read_text() == before
