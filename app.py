@@ -61,7 +61,9 @@ def _logged(event: WebsocketEvent, gateway_event: GatewayEvent):
 
 @app.route("/publish", methods=["POST"], authorizer=IAMAuthorizer(), content_types=["application/json"])
 def publish_from_backend() -> Response:
-    """A backend publishes with a SigV4-signed request (``scripts/publish.py``): the same envelope."""
-    remaining_seconds = app.lambda_context.get_remaining_time_in_millis() / 1000
-    status, report = broadcaster().publish_from_backend(app.current_request.raw_body, remaining_seconds)
+    """A backend publishes with a SigV4-signed request (``clients/python/publish.py``): the same envelope."""
+    context = app.lambda_context
+    with invocation_keys(request_id=request_id_of(context), connection_id="", route="POST /publish"):
+        remaining_seconds = context.get_remaining_time_in_millis() / 1000
+        status, report = broadcaster().publish_from_backend(app.current_request.raw_body, remaining_seconds)
     return Response(body=report, status_code=status, headers={"Content-Type": "application/json"})
