@@ -73,6 +73,7 @@ def run(tmp_dir) -> list[Figure]:
             REDIS_URL=redis_server.url,
             REDIS_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:6]}",
             AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI=endpoint,
+            AUTH_MODE="none",
         )
         import app
 
