@@ -313,6 +313,12 @@ def _auth(env: Mapping[str, str]) -> AuthSettings:
     if jwks_url and not _is_https_or_local(jwks_url):
         raise SettingsError(f"AUTH_JWKS_URL must be an https:// URL, got {jwks_url!r}")
     secret = values["AUTH_JWT_SECRET"] or None
+    if secret is not None and env.get("AWS_EXECUTION_ENV", "").startswith("AWS_Lambda_"):
+        raise SettingsError(
+            "AUTH_JWT_SECRET is for local development: a secret in a function's environment is readable by "
+            "anyone who may read its configuration. In Lambda, put it in an SSM SecureString and set "
+            "AUTH_JWT_SECRET_PARAMETER to its name (make secret), or use AUTH_JWKS_URL"
+        )
     if secret is not None and len(secret.encode()) < _MIN_SECRET_BYTES:
         raise SettingsError(
             f"AUTH_JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes for HS256; make one with "

@@ -90,3 +90,10 @@ def test_limits_have_defaults():
 def test_an_origin_must_be_scheme_host_and_port(origin):
     with pytest.raises(SettingsError, match="ALLOWED_ORIGINS"):
         Settings.from_env({**BASE, "AUTH_MODE": "none", "ALLOWED_ORIGINS": origin})
+
+
+def test_a_plain_secret_is_refused_in_lambda():
+    # Lambda sets AWS_EXECUTION_ENV; the dev-jwt stage's published secret must never guard a deployed API.
+    lambda_env = {**BASE, **JWT, "AUTH_JWT_SECRET": SECRET, "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11"}
+    with pytest.raises(SettingsError, match="AUTH_JWT_SECRET_PARAMETER"):
+        Settings.from_env(lambda_env)
