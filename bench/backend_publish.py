@@ -15,7 +15,7 @@ from pathlib import Path
 import boto3
 
 from bench.common import AWS_ENV, REPO, Figure
-from bench.fanout_latency import LATENCY_MS, SHIPPED_WORKERS, _connect_all, redis_server_flush
+from bench.fanout_latency import LATENCY_MS, NO_LIMITS, SHIPPED_WORKERS, _connect_all, redis_server_flush
 from testing.aws import use_dummy_aws
 from tests.e2e.localgw_harness import GatewayProcess
 from tests.support.redis_server import RedisServer
@@ -75,8 +75,7 @@ def run(tmp_dir: Path) -> list[Figure]:
                 "REDIS_URL": redis_server.url,
                 "LOG_LEVEL": "WARNING",
                 "FANOUT_WORKERS": str(SHIPPED_WORKERS),
-                "MAX_POSTS_PER_SECOND": "0",
-                "PUBLISH_RATE_PER_SECOND": "0",
+                **NO_LIMITS,
             },
         )
         try:

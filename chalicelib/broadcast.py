@@ -6,9 +6,11 @@ line. Every outcome a user could notice is logged here, once.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import boto3
 
@@ -256,12 +258,26 @@ class Broadcaster:
 
 
 def _verifier(settings: Settings, session: boto3.session.Session) -> TokenVerifier | None:
-    """The JWT verifier, importing PyJWT and cryptography only for a stage that checks tokens."""
+    """The JWT verifier of a stage that checks tokens, built on the first token it sees: only
+    ``$connect`` verifies tokens, so only its cold start imports PyJWT and cryptography (tens of ms)."""
     if settings.auth.mode == "none":
         return None
-    from chalicelib.tokens import verifier_from_settings
+    return _FirstUseVerifier(settings, session)
 
-    return verifier_from_settings(settings.auth, session)
+
+class _FirstUseVerifier:
+    def __init__(self, settings: Settings, session: boto3.session.Session) -> None:
+        self._settings = settings
+        self._session = session
+
+    @functools.cached_property
+    def _verifier(self) -> TokenVerifier:
+        from chalicelib.tokens import verifier_from_settings
+
+        return verifier_from_settings(self._settings.auth, self._session)
+
+    def verify(self, token: str) -> Mapping[str, Any]:
+        return self._verifier.verify(token)
 
 
 def _status_of(problem: envelope.InvalidMessage) -> int:

@@ -56,7 +56,10 @@ def message(event):
     publication = envelope.parse(gateway_event.body)
     payload = envelope.encode_publication(publication, received=gateway_event.request_time_ms // 1000)
     post = _chalice_send if os.environ.get("BASELINE_STRATEGY") == "chalice_send" else _boto3_post
-    for connection_id in registry().snapshot().live:
+    audience = registry().begin_publish(
+        gateway_event.connection_id, gateway_event.connected_at_ms, include_sender=publication.echo
+    )
+    for connection_id in audience.live:
         if publication.echo or connection_id != gateway_event.connection_id:
             post(connection_id, payload)
     return {"statusCode": 200}

@@ -6,7 +6,10 @@ one error reply per refusal, a pong, and a registry that heals after Redis loses
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -15,7 +18,7 @@ import redis
 from chalicelib import envelope
 from chalicelib.registry import principal_key, registry_key
 from tests.support.gateway_driver import GatewayDriver, app_on
-from tests.support.identity_provider import secret_token
+from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
 
 
 def connect_with(gateway: GatewayDriver, headers: dict | None = None, query: dict | None = None):
@@ -155,3 +158,34 @@ def test_a_mass_disconnect_leaves_the_registry_exact(gateway, redis_server):
     # THEN every $disconnect succeeded (callers waited for a free connection) and nothing is left
     assert statuses == [200] * 300
     assert client.hlen(key) == 0
+
+
+def test_only_a_token_check_imports_the_jwt_library(redis_server):
+    # The message and disconnect functions' cold starts must not pay for PyJWT and cryptography.
+    script = """
+import sys
+import app
+app.broadcaster()
+assert "jwt" not in sys.modules and "cryptography.x509" not in sys.modules, "imported before any token"
+from testing.apigw import Connection
+from testing.lambda_context import LambdaContext
+from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
+event = Connection().connect_event(headers=[("Authorization", "Bearer " + secret_token())])
+assert app.connect(event, LambdaContext())["statusCode"] == 200
+assert "jwt" in sys.modules
+"""
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "AUTH_MODE": "jwt",
+        "AUTH_JWT_SECRET": SECRET,
+        "AUTH_ISSUER": ISSUER,
+        "AUTH_AUDIENCE": AUDIENCE,
+    }
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+        timeout=60,
+    )
