@@ -107,9 +107,10 @@ for i = 1, #sample, 2 do
   end
 end
 if enforce then redis.call('HSET', KEYS[2], '#s', ARGV[8], '#p', ARGV[9]) end
+local connected_at = string.match(ARGV[2], '^%d+')  -- a membership keeps no principal
 for i = first_channel, #ARGV do
   local channel_key = KEYS[3 + i - first_channel]
-  redis.call('HSET', channel_key, ARGV[1], ARGV[2])
+  redis.call('HSET', channel_key, ARGV[1], connected_at)
   redis.call('EXPIRE', channel_key, ARGV[3])
   redis.call('HSET', KEYS[2], 'c:' .. ARGV[i], 1)
 end

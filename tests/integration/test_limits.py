@@ -165,3 +165,12 @@ def test_re_registering_keeps_an_existing_entry_and_its_principal(redis_client, 
         redis_client.hget(registry_key("limits"), "LLLLLLLLLLLLLLL=")
         == f"{int(NOW)}:{principal_key('listener')}"
     )
+
+
+def test_a_membership_keeps_only_when_its_connection_connected(redis_client, clock):
+    # The principal stays in the registry's entry alone: a membership is one short value per channel.
+    registry = registry_with(redis_client, clock)
+    registry.add("LLLLLLLLLLLLLLL=", int(NOW * 1000), principal="listener", channels=("room-1",))
+    registry.subscribe("LLLLLLLLLLLLLLL=", int(NOW * 1000), "room-2")
+    for channel in ("room-1", "room-2"):
+        assert redis_client.hget(f"{{limits}}:ch:{channel}", "LLLLLLLLLLLLLLL=") == str(int(NOW))
