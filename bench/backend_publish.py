@@ -15,7 +15,7 @@ from pathlib import Path
 import boto3
 
 from bench.common import AWS_ENV, REPO, Figure
-from bench.fanout_latency import LATENCY_MS, NO_LIMITS, SHIPPED_WORKERS, _connect_all, redis_server_flush
+from bench.fanout_latency import LATENCY_MS, NO_LIMITS, SHIPPED_WORKERS, connect_all, redis_server_flush
 from testing.aws import use_dummy_aws
 from tests.e2e.localgw_harness import GatewayProcess
 from tests.support.redis_server import RedisServer
@@ -28,7 +28,7 @@ ROUNDS = 7
 
 
 async def _rounds(gateway: GatewayProcess) -> dict[str, list[float]]:
-    clients = await _connect_all(gateway.url, CLIENTS)
+    clients = await connect_all(gateway.url, CLIENTS)
     sender, recipients = clients[0], clients[1:]
     session = boto3.session.Session(region_name="us-east-1")
     url = f"http://127.0.0.1:{gateway.port}/publish"

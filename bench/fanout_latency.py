@@ -38,7 +38,7 @@ DELIVERY_TIMEOUT_SECONDS = 120
 NO_LIMITS = {"MAX_POSTS_PER_SECOND": "0", "PUBLISH_RATE_PER_SECOND": "0"}
 
 
-async def _connect_all(url: str, count: int) -> list:
+async def connect_all(url: str, count: int) -> list:
     clients = []
     for start in range(0, count, 250):
         batch = [
@@ -55,7 +55,7 @@ class LostDeliveries(AssertionError):
 
 async def _publish_times(gateway: GatewayProcess, clients_count: int, repeats: int) -> list[float]:
     """Seconds from each publish to its last delivery, over ``repeats`` publishes."""
-    clients = await _connect_all(gateway.url, clients_count)
+    clients = await connect_all(gateway.url, clients_count)
     sender, recipients = clients[0], clients[1:]
     try:
         samples = []

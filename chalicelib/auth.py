@@ -29,11 +29,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chalicelib.envelope import CHANNEL_CHARACTERS, CHANNEL_NAME, MAX_CHANNEL_LENGTH
+
 SUBPROTOCOL = "wsbroadcast"
 _BEARER_SUBPROTOCOL_PREFIX = "bearer."
 CHANNELS_CLAIM = "channels"
 # A channel name (envelope.CHANNEL_NAME), or a prefix of one followed by '*'.
-_CHANNEL_PATTERN = re.compile(r"^(?:[A-Za-z0-9_.:@-]{1,64}|[A-Za-z0-9_.:@-]{0,63}\*)$")
+_CHANNEL_PATTERN = re.compile(
+    rf"^(?:{CHANNEL_NAME.pattern[1:-1]}|[{CHANNEL_CHARACTERS}]{{0,{MAX_CHANNEL_LENGTH - 1}}}\*)$"
+)
 
 
 class Refused(Exception):

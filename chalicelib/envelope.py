@@ -51,8 +51,10 @@ UNKNOWN_ACTION = "unknown_action"
 
 # A channel name: no '*' (permission patterns use it), no ',' (the ?channels= list), no braces
 # (Redis cluster hash tags), no spaces; short enough to be a key.
-CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
-_CHANNEL_RULE = "1 to 64 letters, digits or . _ : @ -"
+CHANNEL_CHARACTERS = "A-Za-z0-9_.:@-"  # a regular-expression class's contents
+MAX_CHANNEL_LENGTH = 64
+CHANNEL_NAME = re.compile(rf"^[{CHANNEL_CHARACTERS}]{{1,{MAX_CHANNEL_LENGTH}}}$")
+_CHANNEL_RULE = f"1 to {MAX_CHANNEL_LENGTH} letters, digits or . _ : @ -"
 
 # The keepalive a client sends (API Gateway closes a connection idle for 10 minutes); it is answered
 # with ``{"action": "pong", "received": <unix seconds>}`` to its sender only.

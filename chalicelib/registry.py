@@ -138,7 +138,7 @@ return 1
 #       every connection), 10 echo (1/0), 11 enforce permissions (1/0), 12 max channels, 13 expire-at (s).
 # Returns {0, lost, entries...} for a publish, {0, lost} otherwise; {1, wait ms, first} when the
 # sender is over its rate, {2, wait ms, first} when the post budget cannot cover the publish (first:
-# the first refusal since the sender's last granted message, the only one answered), {3} when the
+# the first refusal since the sender's last granted message, the only one answered), {3, channel} when the
 # channel is not allowed, {4} when the sender is in too many channels. Refusals write nothing else.
 _MESSAGE_SCRIPT = (
     _ALLOWED_LUA
@@ -172,7 +172,7 @@ if sender ~= '' and rate > 0 then
 end
 if mode == 'publish' then
   if channel ~= '' and sender ~= '' and enforce and not allowed(redis.call('HGET', KEYS[4], '#p'), channel) then
-    return {3}
+    return {3, channel}
   end
   if budget > 0 then
     cost = redis.call('HLEN', KEYS[5])
@@ -182,7 +182,7 @@ if mode == 'publish' then
     if posts_tokens < need then return refuse(2, posts_tokens, need, budget) end
   end
 elseif mode == 'subscribe' then
-  if enforce and not allowed(redis.call('HGET', KEYS[4], '#s'), channel) then return {3} end
+  if enforce and not allowed(redis.call('HGET', KEYS[4], '#s'), channel) then return {3, channel} end
   if redis.call('HEXISTS', KEYS[4], 'c:' .. channel) == 0 then
     local joined = redis.call('HLEN', KEYS[4]) - redis.call('HEXISTS', KEYS[4], '#s') - redis.call('HEXISTS', KEYS[4], '#p')
     if joined >= tonumber(ARGV[12]) then return {4} end
@@ -380,7 +380,7 @@ class ConnectionRegistry:
                     *channels,
                 ],
             )
-        _raise_refusal(reply)
+        self._raise_refusal(reply)
 
     def remove(self, connection_id: str) -> None:
         """Forget a connection and its memberships, in one round trip."""
@@ -465,13 +465,7 @@ class ConnectionRegistry:
                     seconds + self._max_age_seconds,
                 ],
             )
-        outcome = int(reply[0])
-        if outcome in _REFUSALS:
-            raise _REFUSALS[outcome](int(reply[1]) / 1000, first=int(reply[2]) == 1)
-        if outcome == 3:
-            raise ChannelForbidden(channel or "")
-        if outcome == 4:
-            raise TooManyChannels(f"at most {self._channels_per_connection} channels")
+        self._raise_refusal(reply)
         return reply
 
     def _snapshot(self, reply: list) -> Snapshot:
@@ -481,8 +475,18 @@ class ConnectionRegistry:
             (stale if _seconds(reply[index + 1]) <= cutoff else live).append(reply[index])
         return Snapshot(live=live, stale=stale, lost=int(reply[1]) == 1)
 
+    def _raise_refusal(self, reply: list) -> None:
+        """Turn a script's refusal (its first element is not 0) into the exception that says why."""
+        outcome = int(reply[0])
+        if outcome in _REFUSALS:
+            raise _REFUSALS[outcome](int(reply[1]) / 1000, first=int(reply[2]) == 1)
+        if outcome == 3:
+            raise ChannelForbidden(reply[1])
+        if outcome == 4:
+            raise TooManyChannels(f"at most {self._channels_per_connection} channels")
+
     def _hash_tagged(self, name: str) -> str:
-        return f"{{{self._prefix}}}:{name}"
+        return _hash_tagged(self._prefix, name)
 
     def _connection_key(self, connection_id: str) -> str:
         return self._hash_tagged(f"conn:{connection_id}")
@@ -495,13 +499,6 @@ class ConnectionRegistry:
         return int(self._clock()) - self._max_age_seconds
 
 
-def _raise_refusal(reply: list) -> None:
-    if int(reply[0]) == 3:
-        raise ChannelForbidden(reply[1])
-    if int(reply[0]) == 4:
-        raise TooManyChannels("too many channels")
-
-
 def principal_key(principal: str) -> str:
     """What the registry keeps of a principal (``sub``): short, fixed-size, and the same for every token."""
     digest = hashlib.blake2b(principal.encode(), digest_size=8).digest()
@@ -510,7 +507,11 @@ def principal_key(principal: str) -> str:
 
 def registry_key(prefix: str) -> str:
     """The registry hash; the braces are a hash tag, so cluster mode keeps every key on one slot."""
-    return "{" + prefix + "}:connections"
+    return _hash_tagged(prefix, "connections")
+
+
+def _hash_tagged(prefix: str, name: str) -> str:
+    return f"{{{prefix}}}:{name}"
 
 
 def _check(connection_id: str) -> None:
