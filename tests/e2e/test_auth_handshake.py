@@ -116,7 +116,8 @@ def test_wscat_connects_with_a_header_token_and_publishes(gateway, idp, wscat_av
     sender = Wscat(gateway.url, "-H", f"Authorization: Bearer {token}")
     receiver = Wscat(gateway.url, "-H", f"Authorization: Bearer {token}")
     try:
-        gateway.wait_for(r"\$connect.*200", after=mark, count=2)
+        # "connected": the handshake is done and the gateway takes posts to both ($connect's 200 comes before)
+        gateway.wait_for(r"connected\s+\S+ from", after=mark, count=2)
         sender.send('{"type": 99, "data": "authenticated"}')
         assert json.loads(receiver.received(0))["data"] == "authenticated"
     finally:
