@@ -1,7 +1,7 @@
 """A WebSocket broadcast service: every message a client sends is published to all connected clients,
 or to a channel's members; a backend publishes the same way with ``POST /publish`` (AWS IAM).
 
-Four thin handlers; the work is in ``chalicelib/``. The wiring (settings -> registry -> fan-out) is
+Five thin handlers (the fifth delivers queued broadcasts); the work is in ``chalicelib/``. The wiring (settings -> registry -> fan-out) is
 built on the first invocation and kept for the container's life: once per cold start.
 """
 
@@ -10,7 +10,7 @@ import os
 
 import boto3
 from chalice import Chalice, IAMAuthorizer, Response
-from chalice.app import WebsocketEvent
+from chalice.app import SQSEvent, WebsocketEvent
 
 from chalicelib.broadcast import Broadcaster
 from chalicelib.gateway_event import GatewayEvent
@@ -49,6 +49,16 @@ def disconnect(event: WebsocketEvent) -> dict:
     gateway_event = GatewayEvent.from_dict(event.to_dict())
     with _logged(event, gateway_event):
         return broadcaster().disconnect(gateway_event)
+
+
+@app.on_sqs_message(queue="ws-broadcast-fanout", batch_size=10, name="fanout_worker")
+def fanout_worker(event: SQSEvent) -> dict:
+    """Delivers queued broadcasts' jobs; the jobs to retry are reported, so SQS retries only those."""
+    context = event.context
+    with invocation_keys(request_id=request_id_of(context), connection_id="", route="fanout"):
+        records = [(record.to_dict()["messageId"], record.body) for record in event]
+        retry = broadcaster().deliver_jobs(records, context.get_remaining_time_in_millis() / 1000)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
 
 
 def _logged(event: WebsocketEvent, gateway_event: GatewayEvent):

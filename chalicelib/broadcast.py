@@ -9,16 +9,18 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import boto3
 
 from chalicelib import envelope
 from chalicelib.auth import Gatekeeper, Refused, TokenVerifier
-from chalicelib.fanout import DeliveryReport, Fanout
+from chalicelib.fanout import DeliveryReport, Fanout, PostPacer
 from chalicelib.gateway_event import GatewayEvent
-from chalicelib.log import logger
+from chalicelib.jobs import InvalidJob, Job, JobQueue
+from chalicelib.log import logger, publish_key
 from chalicelib.management_api import DeliveryError, ManagementApi, ManagementApis
 from chalicelib.registry import (
     ChannelForbidden,
@@ -27,6 +29,7 @@ from chalicelib.registry import (
     InvalidConnectionId,
     OverCapacity,
     OverLimit,
+    Queued,
     RateLimited,
     RegistryUnavailable,
     Snapshot,
@@ -34,12 +37,26 @@ from chalicelib.registry import (
 )
 from chalicelib.settings import Settings
 
-OK, BAD_REQUEST, FORBIDDEN, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS, UNAVAILABLE = 200, 400, 403, 413, 429, 503
+OK, ACCEPTED, BAD_REQUEST, FORBIDDEN, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS, UNAVAILABLE = (
+    200,
+    202,
+    400,
+    403,
+    413,
+    429,
+    503,
+)
 # Time kept back from Lambda's remaining time, to log and return after the fan-out's deadline.
 _RETURN_MARGIN_SECONDS = 1.0
 # Failed recipients logged one per line; past this many, only the summary counts them.
 _MAX_FAILURE_LINES = 20
 _REGISTRY_DOWN_MESSAGE = "the service cannot reach its connection registry; send the message again shortly"
+_QUEUE_DOWN_MESSAGE = "the service could not queue this broadcast; send it again shortly"
+# A queued job's recipients are tried this many times (each a worker invocation), then given up.
+MAX_JOB_ATTEMPTS = 3
+# Posts a worker leases from the whole API's budget at once: a twentieth of a second of it, so the
+# budget costs a worker one Redis round trip per 50 ms of posting.
+_LEASES_PER_SECOND = 20
 _NO_WEBSOCKET_API = (
     "this stage does not know its WebSocket API: set WEBSOCKET_API_ID (the deployed template sets it)"
 )
@@ -79,18 +96,27 @@ class Broadcaster:
         *,
         publish_deadline_seconds: float,
         websocket_api: tuple[str, str] | None = None,
+        job_queue: JobQueue | None = None,
+        inline_max: int = 0,
+        max_posts_per_second: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """``websocket_api``: the (api id, stage) a backend publish posts through."""
+        """``websocket_api``: the (api id, stage) a backend publish posts through; ``job_queue``: where
+        audiences larger than ``inline_max`` go (None: every audience is delivered inline)."""
         self._registry = registry
         self._management_apis = management_apis
         self._fanout = fanout
         self._gatekeeper = gatekeeper
         self._publish_deadline_seconds = publish_deadline_seconds
         self._websocket_api = websocket_api
+        self._job_queue = job_queue
+        self._inline_max = inline_max
+        self._lease_chunk = max(1, max_posts_per_second // _LEASES_PER_SECOND)
         self._clock = clock
         self._wall_clock = wall_clock
+        self._sleep = sleep
 
     @classmethod
     def from_settings(cls, settings: Settings, session: boto3.session.Session) -> Broadcaster:
@@ -101,6 +127,15 @@ class Broadcaster:
             Gatekeeper(_verifier(settings, session), settings.allowed_origins),
             publish_deadline_seconds=settings.publish_deadline_seconds,
             websocket_api=settings.websocket_api,
+            job_queue=(
+                JobQueue(
+                    settings.fanout_queue_url, lambda: session.client("sqs", region_name=settings.aws_region)
+                )
+                if settings.fanout_queue_url
+                else None
+            ),
+            inline_max=settings.fanout_inline_max,
+            max_posts_per_second=settings.max_posts_per_second,
         )
 
     def connect(self, event: GatewayEvent) -> dict:
@@ -184,6 +219,12 @@ class Broadcaster:
             if not isinstance(refusal, OverLimit) or refusal.first:
                 _reply_error(api, sender, code, text, retry_after_ms=retry_after_ms)
             return {"statusCode": status}
+        if isinstance(snapshot, Queued):
+            exclude = None if message.echo else sender
+            if not self._enqueue(event.api_id, event.stage, payload, snapshot, message.channel, exclude):
+                _reply_error(api, sender, envelope.QUEUE_UNAVAILABLE, _QUEUE_DOWN_MESSAGE)
+                return {"statusCode": UNAVAILABLE}
+            return {"statusCode": OK}
         recipients = [member for member in snapshot.live if message.echo or member != sender]
         self._deliver(api, payload, snapshot, recipients, message.channel, started, remaining_seconds)
         return {"statusCode": OK}
@@ -212,6 +253,11 @@ class Broadcaster:
         except (RegistryUnavailable, OverLimit) as refusal:
             code, status, text, retry_after_ms = _refusal_reply(refusal)
             return status, envelope.error_document(code, text, retry_after_ms=retry_after_ms)
+        if isinstance(snapshot, Queued):
+            publish_id = self._enqueue(*self._websocket_api, payload, snapshot, message.channel, None)
+            if not publish_id:
+                return UNAVAILABLE, envelope.error_document(envelope.QUEUE_UNAVAILABLE, _QUEUE_DOWN_MESSAGE)
+            return ACCEPTED, {"recipients": snapshot.recipients, "queued": publish_id}
         api = self._management_apis.for_event(*self._websocket_api)
         report = self._deliver(
             api, payload, snapshot, snapshot.live, message.channel, started, remaining_seconds
@@ -222,6 +268,133 @@ class Broadcaster:
             "gone": len(report.gone),
             "failed": len(report.failed),
         }
+
+    def deliver_jobs(self, records: Sequence[tuple[str, str]], remaining_seconds: float) -> list[str]:
+        """The queue's worker: deliver each job (``(message id, body)``) before Lambda's deadline;
+        return the message ids SQS must deliver again (none of their recipients was posted to,
+        unless the log says a retry may repeat some)."""
+        deadline = self._clock() + max(0.0, remaining_seconds - _RETURN_MARGIN_SECONDS)
+        retry = []
+        for message_id, body in records:
+            try:
+                job = Job.from_body(body)
+            except InvalidJob as problem:
+                logger.error(
+                    "job unreadable: after its retries it goes to the dead-letter queue",
+                    extra={"message_id": message_id, "reason": str(problem)},
+                )
+                retry.append(message_id)
+                continue
+            with publish_key(job.publish_id):
+                if self._clock() >= deadline or not self._deliver_job(job, deadline):
+                    retry.append(message_id)
+        return retry
+
+    def _enqueue(
+        self,
+        api_id: str,
+        stage: str,
+        payload: bytes,
+        queued: Queued,
+        channel: str | None,
+        exclude: str | None,
+    ) -> str | None:
+        """One job per shard with members; the publish's id, or None when SQS took none of them."""
+        publish_id = uuid.uuid4().hex
+        jobs = [
+            Job(
+                publish_id=publish_id,
+                api_id=api_id,
+                stage=stage,
+                payload=payload,
+                channel=channel,
+                exclude=exclude,
+                shard=shard,
+            )
+            for shard in sorted(queued.sizes)
+        ]
+        failed = self._job_queue.send(jobs)
+        for _, reason in failed:
+            logger.error("job not queued", extra={"publish_id": publish_id, "reason": reason})
+        logger.info(
+            "queued",
+            extra={
+                "publish_id": publish_id,
+                "channel": channel,
+                "recipients": queued.recipients,
+                "jobs": len(jobs),
+                "failed_jobs": len(failed),
+            },
+        )
+        return publish_id if len(failed) < len(jobs) else None
+
+    def _deliver_job(self, job: Job, deadline: float) -> bool:
+        """Deliver one job; False when SQS must deliver it again."""
+        started = self._clock()
+        try:
+            snapshot = (
+                self._registry.read_shard(job.shard, job.channel)
+                if job.shard is not None
+                else Snapshot(live=list(job.recipients), stale=[])
+            )
+        except RegistryUnavailable:
+            logger.exception("job not delivered: registry unavailable; SQS delivers it again")
+            return False
+        recipients = [member for member in snapshot.live if member != job.exclude]
+        # What one invocation delivers well; the rest is handed on first, so a failure to queue it
+        # leaves nothing posted and the whole job can be retried without a duplicate.
+        mine, rest = recipients[: self._inline_max], recipients[self._inline_max :]
+        if rest and not self._send_jobs(job.for_recipients(rest, attempt=1), "handed on"):
+            return False
+        api = self._management_apis.for_event(job.api_id, job.stage)
+        pacer = PostPacer(self._lease, chunk=self._lease_chunk, clock=self._clock, sleep=self._sleep)
+        report = self._fanout.deliver(pacer.paced(api.post_many), job.payload, mine, deadline=deadline)
+        undelivered = list(report.failed)
+        again = bool(undelivered) and job.attempt < MAX_JOB_ATTEMPTS
+        sent_again = again and self._send_jobs(
+            job.for_recipients(undelivered, attempt=job.attempt + 1), "retry"
+        )
+        try:
+            self._registry.forget([*report.gone, *snapshot.stale], job.channel)
+        except RegistryUnavailable:
+            logger.exception("could not forget gone connections; the next publish retries")
+        logger.info(
+            "delivered",
+            extra={
+                "channel": job.channel,
+                "shard": job.shard,
+                "attempt": job.attempt,
+                "recipients": report.recipients,
+                "delivered": report.delivered,
+                "gone": len(report.gone),
+                "failed": len(report.failed),
+                "stale": len(snapshot.stale),
+                "handed_on": len(rest),
+                "queued_again": len(undelivered) if sent_again else 0,
+                "given_up": 0 if again else len(undelivered),
+                "elapsed_ms": round((self._clock() - started) * 1000, 1),
+            },
+        )
+        if again and not sent_again:
+            logger.warning(
+                "the job is retried whole: its delivered recipients may receive it twice",
+                extra={"delivered": report.delivered},
+            )
+            return False
+        return True
+
+    def _send_jobs(self, jobs: list[Job], what: str) -> bool:
+        failed = self._job_queue.send(jobs)
+        for _, reason in failed:
+            logger.error(f"job not queued ({what})", extra={"reason": reason})
+        return not failed
+
+    def _lease(self, count: int) -> tuple[int, float]:
+        try:
+            return self._registry.lease_posts(count)
+        except RegistryUnavailable:
+            logger.exception("post budget unavailable; waiting")
+            return 0, 1.0
 
     def _deliver(
         self,

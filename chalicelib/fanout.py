@@ -28,6 +28,7 @@ from chalicelib.management_api import DeliveryError, Gone
 PostMany = Callable[[Sequence[str], bytes, float], list[DeliveryError | None]]
 
 DEADLINE_EXCEEDED = "deadline exceeded"
+_BUDGET_DEADLINE = "deadline exceeded waiting for the post budget"
 _GONE = "gone"  # the outcome of a 410; every other failure's outcome is its status and reason
 # Chosen by measurement against 1 and 8 (bench/README.md).
 POSTS_PER_THREAD = 4
@@ -173,3 +174,55 @@ class _Delivery:
                 gone=list(self._report.gone),
                 failed=dict(self._report.failed),
             )
+
+
+# Takes up to n posts from the whole API's budget: (granted, seconds until one is available if none).
+Lease = Callable[[int], tuple[int, float]]
+# What a paced post waits for at most before asking the budget again.
+_LEASE_RETRY_CAP_SECONDS = 1.0
+
+
+class PostPacer:
+    """Holds posts back to the whole API's post budget (``MAX_POSTS_PER_SECOND``), shared by every
+    worker: posts are leased from it in chunks (one Redis round trip per ``chunk`` posts) and handed out
+    to this invocation's posting threads. A post that cannot be leased before the deadline is not made.
+    """
+
+    def __init__(
+        self,
+        lease: Lease,
+        *,
+        chunk: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._lease = lease
+        self._chunk = chunk
+        self._clock = clock
+        self._sleep = sleep
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def paced(self, post_many: PostMany) -> PostMany:
+        def post_when_allowed(
+            batch: Sequence[str], payload: bytes, deadline: float
+        ) -> list[DeliveryError | None]:
+            if self._acquire(len(batch), deadline):
+                return post_many(batch, payload, deadline)
+            return [DeliveryError(connection_id, None, _BUDGET_DEADLINE) for connection_id in batch]
+
+        return post_when_allowed
+
+    def _acquire(self, count: int, deadline: float) -> bool:
+        with self._lock:  # one thread asks the budget; the others wait for what it brings
+            while self._held < count:
+                granted, wait = self._lease(max(self._chunk, count - self._held))
+                self._held += granted
+                if self._held >= count:
+                    break
+                pause = min(max(wait, 0.001), _LEASE_RETRY_CAP_SECONDS)
+                if self._clock() + pause >= deadline:
+                    return False
+                self._sleep(pause)
+            self._held -= count
+            return True

@@ -74,3 +74,15 @@ def invocation_keys(*, request_id: str, connection_id: str, route: str) -> Itera
 def request_id_of(lambda_context: Any) -> str:
     """The Lambda request id, or '-' where there is no context (a direct call from a script)."""
     return getattr(lambda_context, "aws_request_id", None) or "-"
+
+
+@contextmanager
+def publish_key(publish_id: str) -> Iterator[None]:
+    """Adds a queued publish's id to every line logged inside, so one publish can be followed through
+    the invocations that deliver it."""
+    keys = getattr(_invocation, "keys", {})
+    _invocation.keys = {**keys, "publish_id": publish_id}
+    try:
+        yield
+    finally:
+        _invocation.keys = keys

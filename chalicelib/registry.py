@@ -48,6 +48,7 @@ import base64
 import hashlib
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +81,20 @@ local function allowed(patterns, name)
     end
   end
   return false
+end
+"""
+
+# A token bucket's level now: full when it has no state (new, or expired once full again).
+_LEVEL_LUA = """
+local function level(key, rate, capacity, now)
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens, at = tonumber(state[1]), tonumber(state[2])
+  if tokens == nil or at == nil then return capacity end
+  return math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
+end
+local function settle(key, tokens, now, ttl_ms)
+  redis.call('HSET', key, 'tokens', tokens, 'at', now)
+  redis.call('PEXPIRE', key, ttl_ms)
 end
 """
 
@@ -135,13 +150,18 @@ return 1
 # KEYS: registry, sender's bucket, post budget, sender's hash, the audience (registry or channel).
 # ARGV: 1 sender ('' for a backend publish: no sender, no rate), 2 value, 3 max age (s), 4 now (ms),
 #       5 rate/s, 6 burst, 7 posts/s, 8 mode (publish, ping, subscribe, unsubscribe), 9 channel ('' for
-#       every connection), 10 echo (1/0), 11 enforce permissions (1/0), 12 max channels, 13 expire-at (s).
-# Returns {0, lost, entries...} for a publish, {0, lost} otherwise; {1, wait ms, first} when the
+#       every connection), 10 echo (1/0), 11 enforce permissions (1/0), 12 max channels, 13 expire-at (s),
+#       14 inline max (0: no queue, every audience is read and delivered inline).
+# Modes: publish, check (a sharded publish's sender checks: rate and channel, no budget, no read),
+# ping, subscribe, unsubscribe.
+# Returns {0, lost, entries...} for a publish, {5, lost, cost} for one whose audience is larger than
+# the inline max (queued: nothing read, no budget taken), {0, lost} otherwise; {1, wait ms, first} when the
 # sender is over its rate, {2, wait ms, first} when the post budget cannot cover the publish (first:
 # the first refusal since the sender's last granted message, the only one answered), {3, channel} when the
 # channel is not allowed, {4} when the sender is in too many channels. Refusals write nothing else.
 _MESSAGE_SCRIPT = (
     _ALLOWED_LUA
+    + _LEVEL_LUA
     + """
 local sender, mode, channel = ARGV[1], ARGV[8], ARGV[9]
 local lost = 0
@@ -150,12 +170,6 @@ if sender ~= '' and redis.call('HSETNX', KEYS[1], sender, ARGV[2]) == 1 then
   lost = 1
 end
 local now = tonumber(ARGV[4])
-local function level(key, rate, capacity)
-  local state = redis.call('HMGET', key, 'tokens', 'at')
-  local tokens, at = tonumber(state[1]), tonumber(state[2])
-  if tokens == nil or at == nil then return capacity end
-  return math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
-end
 local function refuse(kind, tokens, need, rate)
   local wait = math.ceil((need - tokens) * 1000 / rate)
   if sender == '' then return {kind, wait, 1} end
@@ -167,17 +181,22 @@ local rate, burst, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[
 local enforce = ARGV[11] == '1'
 local sender_tokens, posts_tokens, cost
 if sender ~= '' and rate > 0 then
-  sender_tokens = level(KEYS[2], rate, burst)
+  sender_tokens = level(KEYS[2], rate, burst, now)
   if sender_tokens < 1 then return refuse(1, sender_tokens, 1, rate) end
 end
-if mode == 'publish' then
+local inline_max, queued = tonumber(ARGV[14]), false
+if mode == 'publish' or mode == 'check' then
   if channel ~= '' and sender ~= '' and enforce and not allowed(redis.call('HGET', KEYS[4], '#p'), channel) then
     return {3, channel}
   end
-  if budget > 0 then
-    cost = redis.call('HLEN', KEYS[5])
-    if ARGV[10] ~= '1' and sender ~= '' and redis.call('HEXISTS', KEYS[5], sender) == 1 then cost = cost - 1 end
-    posts_tokens = level(KEYS[3], budget, budget)
+end
+if mode == 'publish' and (budget > 0 or inline_max > 0) then
+  cost = redis.call('HLEN', KEYS[5])
+  if ARGV[10] ~= '1' and sender ~= '' and redis.call('HEXISTS', KEYS[5], sender) == 1 then cost = cost - 1 end
+  if inline_max > 0 and cost > inline_max then
+    queued = true  -- the workers take from the post budget as they post
+  elseif budget > 0 then
+    posts_tokens = level(KEYS[3], budget, budget, now)
     local need = math.min(cost, budget)
     if posts_tokens < need then return refuse(2, posts_tokens, need, budget) end
   end
@@ -189,13 +208,9 @@ elseif mode == 'subscribe' then
   end
 end
 if sender ~= '' then redis.call('HDEL', KEYS[2], 'told') end
-if sender_tokens then
-  redis.call('HSET', KEYS[2], 'tokens', sender_tokens - 1, 'at', now)
-  redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
-end
+if sender_tokens then settle(KEYS[2], sender_tokens - 1, now, math.ceil(burst * 1000 / rate) + 1000) end
 if posts_tokens then
-  redis.call('HSET', KEYS[3], 'tokens', posts_tokens - cost, 'at', now)
-  redis.call('PEXPIRE', KEYS[3], math.ceil(math.max(cost, budget) * 1000 / budget) + 1000)
+  settle(KEYS[3], posts_tokens - cost, now, math.ceil(math.max(cost, budget) * 1000 / budget) + 1000)
 end
 if mode == 'subscribe' then
   redis.call('HSET', KEYS[5], sender, ARGV[2])
@@ -207,10 +222,34 @@ elseif mode == 'unsubscribe' then
   redis.call('HDEL', KEYS[4], 'c:' .. channel)
 end
 if mode ~= 'publish' then return {0, lost} end
+if queued then return {5, lost, cost} end
 local reply = redis.call('HGETALL', KEYS[5])
 table.insert(reply, 1, lost)
 table.insert(reply, 1, 0)
 return reply
+"""
+)
+
+
+# KEYS: the post budget. ARGV: now (ms), posts/s, count, mode.
+# take: all of ``count`` if the bucket holds min(count, capacity), leaving a debt; else {2, wait ms, 1}.
+# lease: as many of ``count`` as the bucket holds now, never a debt; {0, granted, wait ms until one}.
+_BUDGET_SCRIPT = (
+    _LEVEL_LUA
+    + """
+local now, budget, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens = level(KEYS[1], budget, budget, now)
+local granted = count
+if ARGV[4] == 'take' then
+  if tokens < math.min(count, budget) then
+    return {2, math.ceil((math.min(count, budget) - tokens) * 1000 / budget), 1}
+  end
+else
+  granted = math.min(count, math.floor(math.max(tokens, 0)))
+  if granted < 1 then return {0, 0, math.ceil((1 - tokens) * 1000 / budget)} end
+end
+settle(KEYS[1], tokens - granted, now, math.ceil(math.max(granted, budget) * 1000 / budget) + 1000)
+return {0, granted, 0}
 """
 )
 
@@ -271,6 +310,25 @@ class Limits:
     max_posts_per_second: int = 0
 
 
+_QUEUED = 5  # the message script's answer for an audience larger than the inline max
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A publish too large to deliver inline: nothing was read and no post budget taken.
+
+    ``sizes``: the audience's entries in each shard that has any (one job each); ``lost`` as in
+    ``Snapshot``. The workers read their shard and take the budget as they post.
+    """
+
+    sizes: dict[int, int]
+    lost: bool = False
+
+    @property
+    def recipients(self) -> int:
+        return sum(self.sizes.values())
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The audience as one publish sees it; ``lost``: Redis had lost the sender (it is back now)."""
@@ -317,19 +375,25 @@ class ConnectionRegistry:
         limits: Limits = Limits(),
         enforce_channel_permissions: bool = False,
         channels_per_connection: int = 20,
+        shards: int = 1,
+        inline_max: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``shards``: how many shards hold the connections (``REGISTRY_SHARDS``); ``inline_max``: the
+        largest audience a publish reads itself (0: every audience, there is no queue)."""
         self._client = client
         self._prefix = prefix
-        self._key = registry_key(prefix)
         self._max_age_seconds = max_age_seconds
         self._limits = limits
         self._enforce = enforce_channel_permissions
         self._channels_per_connection = channels_per_connection
+        self._shards = shards
+        self._inline_max = inline_max
         self._clock = clock
         self._connect = client.register_script(_CONNECT_SCRIPT)
         self._leave = client.register_script(_LEAVE_SCRIPT)
         self._message = client.register_script(_MESSAGE_SCRIPT)
+        self._budget = client.register_script(_BUDGET_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> ConnectionRegistry:
@@ -344,7 +408,13 @@ class ConnectionRegistry:
             ),
             enforce_channel_permissions=settings.auth.mode == "jwt",
             channels_per_connection=settings.channels_per_connection,
+            shards=settings.registry_shards,
+            inline_max=settings.fanout_inline_max if settings.fanout_queue_url else 0,
         )
+
+    @property
+    def shards(self) -> int:
+        return self._shards
 
     def add(
         self,
@@ -355,17 +425,22 @@ class ConnectionRegistry:
         channels: Sequence[str] = (),
     ) -> None:
         """Register a connection (``connected_at_ms`` is API Gateway's ``connectedAt``), with what its
-        token lets it do with channels and the channels it asked for at connect.
+        token lets it do with channels and the channels it asked for at connect, all in its shard.
 
         Raise ``ChannelForbidden`` or ``TooManyChannels`` (nothing written) when those are refused.
         """
         _check(connection_id)
+        shard = self.shard_of(connection_id)
         seconds = connected_at_ms // 1000
         value = f"{seconds}:{principal_key(principal)}" if principal else str(seconds)
         permissions = permissions or Permissions()
         with _unavailable_on_error():
             reply = self._connect(
-                keys=[self._key, self._connection_key(connection_id), *map(self._channel_key, channels)],
+                keys=[
+                    self._registry_key(shard),
+                    self._connection_key(connection_id),
+                    *(self._channel_key(channel, shard) for channel in channels),
+                ],
                 args=[
                     connection_id,
                     value,
@@ -385,26 +460,35 @@ class ConnectionRegistry:
     def remove(self, connection_id: str) -> None:
         """Forget a connection and its memberships, in one round trip."""
         _check(connection_id)
+        shard = self.shard_of(connection_id)
         with _unavailable_on_error():
             self._leave(
-                keys=[self._key, self._connection_key(connection_id)],
-                args=[connection_id, self._channel_key("")],
+                keys=[self._registry_key(shard), self._connection_key(connection_id)],
+                args=[connection_id, self._channel_key("", shard)],
             )
 
     def begin_publish(
         self, sender: str, connected_at_ms: int, *, include_sender: bool, channel: str | None = None
-    ) -> Snapshot:
-        """One round trip: re-register the sender, check the channel, apply both limits, read the audience
-        (every connection, or the channel's members).
+    ) -> Snapshot | Queued:
+        """Re-register the sender, check the channel, apply both limits, read the audience (every
+        connection, or the channel's members); one round trip with one shard. An audience larger than
+        the inline max is not read: ``Queued`` says how large it is, shard by shard.
 
         Raise ``RateLimited``, ``OverCapacity`` or ``ChannelForbidden`` when refused: nothing read or taken.
         """
-        reply = self._run_message("publish", sender, connected_at_ms, channel=channel, echo=include_sender)
-        return self._snapshot(reply)
+        if self._shards == 1:
+            reply = self._run_message(
+                "publish", sender, connected_at_ms, channel=channel, echo=include_sender
+            )
+            return self._one_shard_publish(reply)
+        lost = self._run_message("check", sender, connected_at_ms, channel=channel)[1] == 1
+        return self._sharded_publish(channel, lost=lost)
 
-    def begin_backend_publish(self, channel: str | None = None) -> Snapshot:
+    def begin_backend_publish(self, channel: str | None = None) -> Snapshot | Queued:
         """A publish with no sender (``POST /publish``): the post budget, then the audience."""
-        return self._snapshot(self._run_message("publish", "", 0, channel=channel, echo=True))
+        if self._shards == 1:
+            return self._one_shard_publish(self._run_message("publish", "", 0, channel=channel, echo=True))
+        return self._sharded_publish(channel, lost=False)
 
     def touch(self, sender: str, connected_at_ms: int) -> bool:
         """A keepalive: re-register the sender if Redis lost it (then True), counting against its rate."""
@@ -417,37 +501,100 @@ class ConnectionRegistry:
     def unsubscribe(self, sender: str, connected_at_ms: int, channel: str) -> bool:
         return self._run_message("unsubscribe", sender, connected_at_ms, channel=channel)[1] == 1
 
+    def read_shard(self, shard: int, channel: str | None = None) -> Snapshot:
+        """One shard's part of an audience (a queued job's), in one command."""
+        with _unavailable_on_error():
+            entries = self._client.hgetall(self._audience_key(channel, shard))
+        return self._snapshot(entries.items())
+
+    def lease_posts(self, count: int) -> tuple[int, float]:
+        """Take up to ``count`` posts from the whole API's budget, never into debt: (granted, seconds
+        until one is available when none is). The queue's workers pace themselves with it."""
+        budget = self._limits.max_posts_per_second
+        if budget <= 0:
+            return count, 0.0
+        with _unavailable_on_error():
+            _, granted, wait_ms = self._budget(
+                keys=[self._posts_key()], args=[int(self._clock() * 1000), budget, count, "lease"]
+            )
+        return int(granted), int(wait_ms) / 1000
+
     def forget(self, connection_ids: Iterable[str], channel: str | None = None) -> None:
-        """Remove connections that are gone or stale (from the channel published to, too), in one
-        round trip; nothing to do costs nothing. Their other memberships go when found stale or gone."""
-        ids = list(connection_ids)
-        if not ids:
+        """Remove connections that are gone or stale (from the channel published to, too), one
+        command per shard, in one round trip; nothing to do costs nothing. Their other memberships go
+        when found stale or gone."""
+        by_shard: dict[int, list[str]] = {}
+        for connection_id in connection_ids:
+            by_shard.setdefault(self.shard_of(connection_id), []).append(connection_id)
+        if not by_shard:
             return
         with _unavailable_on_error():
-            if channel is None:
-                self._client.hdel(self._key, *ids)
+            if channel is None and len(by_shard) == 1:
+                ((shard, ids),) = by_shard.items()
+                self._client.hdel(self._registry_key(shard), *ids)
                 return
             pipeline = self._client.pipeline(transaction=False)
-            pipeline.hdel(self._key, *ids)
-            pipeline.hdel(self._channel_key(channel), *ids)
+            for shard, ids in by_shard.items():
+                pipeline.hdel(self._registry_key(shard), *ids)
+                if channel is not None:
+                    pipeline.hdel(self._channel_key(channel, shard), *ids)
             pipeline.execute()
+
+    def registry_keys(self) -> list[str]:
+        """Every shard's registry hash (for operators, tests and benchmarks)."""
+        return [self._registry_key(shard) for shard in range(self._shards)]
+
+    def shard_of(self, connection_id: str) -> int:
+        """The shard that holds a connection, its memberships and its rate: stable for a given count."""
+        return zlib.crc32(connection_id.encode()) % self._shards
+
+    def _one_shard_publish(self, reply: list) -> Snapshot | Queued:
+        if int(reply[0]) == _QUEUED:
+            return Queued(sizes={0: int(reply[2])}, lost=int(reply[1]) == 1)
+        return self._snapshot(zip(reply[2::2], reply[3::2], strict=True), lost=int(reply[1]) == 1)
+
+    def _sharded_publish(self, channel: str | None, *, lost: bool) -> Snapshot | Queued:
+        """The audience's size, one HLEN per shard in one pipeline; then either ``Queued``, or the post
+        budget and the read of every shard that has members, in one pipeline."""
+        with _unavailable_on_error():
+            pipeline = self._client.pipeline(transaction=False)
+            for shard in range(self._shards):
+                pipeline.hlen(self._audience_key(channel, shard))
+            sizes = {shard: size for shard, size in enumerate(pipeline.execute()) if size}
+        cost = sum(sizes.values())  # the sender counts, echo or not: one post at most
+        if self._inline_max and cost > self._inline_max:
+            return Queued(sizes=sizes, lost=lost)
+        budget = self._limits.max_posts_per_second
+        with _unavailable_on_error():
+            if budget > 0 and cost:
+                reply = self._budget(
+                    keys=[self._posts_key()], args=[int(self._clock() * 1000), budget, cost, "take"]
+                )
+                self._raise_refusal(reply)
+            pipeline = self._client.pipeline(transaction=False)
+            for shard in sizes:
+                pipeline.hgetall(self._audience_key(channel, shard))
+            entries = [entry for shard_entries in pipeline.execute() for entry in shard_entries.items()]
+        return self._snapshot(entries, lost=lost)
 
     def _run_message(
         self, mode: str, sender: str, connected_at_ms: int, *, channel: str | None = None, echo: bool = False
     ) -> list:
         if sender:
             _check(sender)
+        shard = self.shard_of(sender)
         limits = self._limits
         seconds = connected_at_ms // 1000
-        audience = self._key if channel is None else self._channel_key(channel)
         with _unavailable_on_error():
             reply = self._message(
                 keys=[
-                    self._key,
-                    self._hash_tagged(f"rate:{sender}"),
-                    self._hash_tagged("posts"),
+                    self._registry_key(shard),
+                    self._hash_tagged(f"rate:{sender}", shard),
+                    # With shards, every key of one script is in the sender's slot: the budget is not
+                    # used in this script then (mode check), so its key there is never written.
+                    self._posts_key() if self._shards == 1 else self._hash_tagged("posts", shard),
                     self._connection_key(sender),
-                    audience,
+                    self._audience_key(channel, shard),
                 ],
                 args=[
                     sender,
@@ -463,20 +610,21 @@ class ConnectionRegistry:
                     1 if self._enforce else 0,
                     self._channels_per_connection,
                     seconds + self._max_age_seconds,
+                    self._inline_max,
                 ],
             )
         self._raise_refusal(reply)
         return reply
 
-    def _snapshot(self, reply: list) -> Snapshot:
+    def _snapshot(self, entries: Iterable[tuple[str, str]], *, lost: bool = False) -> Snapshot:
         cutoff = self._stale_cutoff()
         live, stale = [], []
-        for index in range(2, len(reply), 2):
-            (stale if _seconds(reply[index + 1]) <= cutoff else live).append(reply[index])
-        return Snapshot(live=live, stale=stale, lost=int(reply[1]) == 1)
+        for connection_id, value in entries:
+            (stale if _seconds(value) <= cutoff else live).append(connection_id)
+        return Snapshot(live=live, stale=stale, lost=lost)
 
     def _raise_refusal(self, reply: list) -> None:
-        """Turn a script's refusal (its first element is not 0) into the exception that says why."""
+        """Turn a script's refusal (its first element is 1 to 4) into the exception that says why."""
         outcome = int(reply[0])
         if outcome in _REFUSALS:
             raise _REFUSALS[outcome](int(reply[1]) / 1000, first=int(reply[2]) == 1)
@@ -485,14 +633,25 @@ class ConnectionRegistry:
         if outcome == 4:
             raise TooManyChannels(f"at most {self._channels_per_connection} channels")
 
-    def _hash_tagged(self, name: str) -> str:
-        return _hash_tagged(self._prefix, name)
+    def _hash_tagged(self, name: str, shard: int) -> str:
+        """A key in one shard's slot; with one shard, the keys are those of an unsharded registry."""
+        tag = self._prefix if self._shards == 1 else f"{self._prefix}:{shard}"
+        return _hash_tagged(tag, name)
+
+    def _registry_key(self, shard: int) -> str:
+        return self._hash_tagged("connections", shard)
+
+    def _posts_key(self) -> str:
+        return _hash_tagged(self._prefix, "posts")
 
     def _connection_key(self, connection_id: str) -> str:
-        return self._hash_tagged(f"conn:{connection_id}")
+        return self._hash_tagged(f"conn:{connection_id}", self.shard_of(connection_id))
 
-    def _channel_key(self, channel: str) -> str:
-        return self._hash_tagged(f"ch:{channel}")
+    def _channel_key(self, channel: str, shard: int) -> str:
+        return self._hash_tagged(f"ch:{channel}", shard)
+
+    def _audience_key(self, channel: str | None, shard: int) -> str:
+        return self._registry_key(shard) if channel is None else self._channel_key(channel, shard)
 
     def _stale_cutoff(self) -> int:
         """An entry connected at or before this second has reached the maximum age."""

@@ -17,6 +17,12 @@ API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
 # API Gateway gives a WebSocket integration at most 29 seconds to answer.
 API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS = 29
 
+# Recipients one invocation delivers itself before a publish becomes queued jobs: at 64 posts in
+# flight and 20 ms a post, about 3 s of a Lambda's time (bench/README.md, "broadcast at scale").
+FANOUT_INLINE_MAX_DEFAULT = 10_000
+# Registry shards: each is its own cluster slot; a small publish reads one key per shard.
+MAX_REGISTRY_SHARDS = 1024
+
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -88,6 +94,9 @@ class Settings:
     channels_per_connection: int = 20
     websocket_api_id: str | None = None
     websocket_api_stage: str = "api"
+    registry_shards: int = 1
+    fanout_queue_url: str | None = None
+    fanout_inline_max: int = FANOUT_INLINE_MAX_DEFAULT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -127,6 +136,11 @@ class Settings:
             channels_per_connection=_number(env, "CHANNELS_PER_CONNECTION", int, 20, low=1, high=1000),
             websocket_api_id=env.get("WEBSOCKET_API_ID", "").strip() or None,
             websocket_api_stage=env.get("WEBSOCKET_API_STAGE", "").strip() or "api",
+            registry_shards=_number(env, "REGISTRY_SHARDS", int, 1, low=1, high=MAX_REGISTRY_SHARDS),
+            fanout_queue_url=_queue_url(env),
+            fanout_inline_max=_number(
+                env, "FANOUT_INLINE_MAX", int, FANOUT_INLINE_MAX_DEFAULT, low=1, high=1_000_000
+            ),
         )
 
     @property
@@ -216,6 +230,20 @@ def _endpoint_override(env: Mapping[str, str]) -> str | None:
             f"e.g. http://127.0.0.1:8000/api, got {url!r}"
         )
     return url.rstrip("/")
+
+
+def _queue_url(env: Mapping[str, str]) -> str | None:
+    """FANOUT_QUEUE_URL: unset, every publish is delivered by the invocation that received it."""
+    url = env.get("FANOUT_QUEUE_URL", "").strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.count("/") != 2:
+        raise SettingsError(
+            "FANOUT_QUEUE_URL must be an SQS queue URL, "
+            f"https://sqs.REGION.amazonaws.com/ACCOUNT/NAME (the template sets it), got {url!r}"
+        )
+    return url
 
 
 def _redact(url: str) -> str:

@@ -1,5 +1,7 @@
 """The registry on cluster-mode Redis (as ElastiCache's cluster mode enabled), through RedisCluster."""
 
+import time
+
 import pytest
 import redis
 
@@ -47,4 +49,34 @@ def test_the_registry_works_on_a_cluster_with_its_hash_tag(cluster_node):
     assert client.hlen(registry_key("wsbroadcast")) == 0
     # AND the key's slot is decided by its hash tag alone
     assert client.keyslot(registry_key("wsbroadcast")) == client.keyslot("{wsbroadcast}")
+    client.close()
+
+
+def test_a_sharded_registry_spreads_over_slots_and_works_through_the_cluster_client(cluster_node):
+    # GIVEN REGISTRY_SHARDS=4 on cluster mode
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": cluster_node.url,
+            "AWS_REGION": "us-east-1",
+            "REDIS_CLUSTER": "true",
+            "AUTH_MODE": "none",
+            "REGISTRY_SHARDS": "4",
+        }
+    )
+    registry = ConnectionRegistry.from_settings(settings)
+    ids = [f"{letter * 15}=" for letter in "ABCDEFGH"]
+    now_ms = int(time.time() * 1000)
+    # WHEN connections join, subscribe, publish and leave THEN every script stays in one slot (no CROSSSLOT)
+    for connection_id in ids:
+        registry.add(connection_id, now_ms, channels=["room-1"])
+    registry.subscribe(ids[0], now_ms, "room-2")
+    everyone = registry.begin_publish(ids[0], now_ms, include_sender=True)
+    assert sorted(everyone.live) == sorted(ids)
+    assert sorted(registry.begin_backend_publish("room-1").live) == sorted(ids)
+    registry.remove(ids[0])
+    registry.forget(ids[1:3], channel="room-1")
+    assert sorted(registry.begin_backend_publish("room-1").live) == sorted(ids[3:])
+    # AND the shards are four keys in four slots
+    client = redis.Redis(port=cluster_node.port, decode_responses=True)
+    assert len({client.cluster("keyslot", key) for key in registry.registry_keys()}) == 4
     client.close()

@@ -74,3 +74,45 @@ def test_a_publish_with_gone_connections_costs_one_more_command_whatever_their_n
     gateway.send(alice, {"type": 1, "echo": True})
     management_api.wait_for(alice.connection_id, 1)
     assert command_log.commands_until_now() == ["EVALSHA", "HDEL"]
+
+
+@pytest.fixture
+def sharded_gateway(monkeypatch, redis_server, management_api):
+    """The app with REGISTRY_SHARDS=4, as a cluster-mode stage would run it."""
+    from tests.support.gateway_driver import GatewayDriver, app_on
+
+    for app_module in app_on(monkeypatch, redis_server.url, management_api, REGISTRY_SHARDS="4"):
+        yield GatewayDriver(app_module, management_api)
+
+
+def test_sharded_events_cost_what_they_cost_unsharded_and_a_publish_reads_one_key_per_shard(
+    redis_server, sharded_gateway, management_api
+):
+    gateway = sharded_gateway
+    warm(gateway)
+    alice, _ = gateway.connect()
+    log = CommandLog(redis_server)
+    try:
+        bob, _ = gateway.connect(query_string="channels=room-1")
+        assert log.commands_until_now() == ["EVALSHA"], "a connection, its channels, its rate: one shard"
+        gateway.send(alice, {"action": "subscribe", "channel": "room-1"})
+        gateway.send(alice, {"action": "ping"})
+        management_api.wait_for(alice.connection_id, 2)
+        assert log.commands_until_now() == ["EVALSHA", "EVALSHA"]
+
+        gateway.send(alice, {"type": 1, "channel": "room-1"})
+        management_api.wait_for(bob.connection_id, 1)
+        members_shards = len(
+            {gateway.app.broadcaster()._registry.shard_of(c.connection_id) for c in (alice, bob)}
+        )
+        assert log.commands_until_now() == [
+            "EVALSHA",  # the sender: healed, its rate, its channel permission (its own shard)
+            *["HLEN"] * 4,  # the audience's size: one key per shard, one pipeline
+            "EVALSHA",  # the whole API's post budget
+            *["HGETALL"] * members_shards,  # the read: the shards with members, one pipeline
+        ]
+
+        gateway.disconnect(bob)
+        assert log.commands_until_now() == ["EVALSHA"], "out of every channel in the same round trip"
+    finally:
+        log.close()
