@@ -176,7 +176,7 @@ class _Delivery:
             )
 
 
-# Takes up to n posts from the whole API's budget: (granted, seconds until one is available if none).
+# Takes n posts from the whole API's budget: (n, 0), or (0, seconds until they are there).
 Lease = Callable[[int], tuple[int, float]]
 # What a paced post waits for at most before asking the budget again.
 _LEASE_RETRY_CAP_SECONDS = 1.0
@@ -218,8 +218,8 @@ class PostPacer:
             while self._held < count:
                 granted, wait = self._lease(max(self._chunk, count - self._held))
                 self._held += granted
-                if self._held >= count:
-                    break
+                if granted:
+                    continue
                 pause = min(max(wait, 0.001), _LEASE_RETRY_CAP_SECONDS)
                 if self._clock() + pause >= deadline:
                     return False

@@ -233,7 +233,8 @@ return reply
 
 # KEYS: the post budget. ARGV: now (ms), posts/s, count, mode.
 # take: all of ``count`` if the bucket holds min(count, capacity), leaving a debt; else {2, wait ms, 1}.
-# lease: as many of ``count`` as the bucket holds now, never a debt; {0, granted, wait ms until one}.
+# lease: min(count, capacity) when the bucket holds that many, never a debt; else {0, 0, wait ms until
+# it does} (a whole chunk at once: one round trip per chunk, not one per token as the bucket refills).
 _BUDGET_SCRIPT = (
     _LEVEL_LUA
     + """
@@ -245,8 +246,8 @@ if ARGV[4] == 'take' then
     return {2, math.ceil((math.min(count, budget) - tokens) * 1000 / budget), 1}
   end
 else
-  granted = math.min(count, math.floor(math.max(tokens, 0)))
-  if granted < 1 then return {0, 0, math.ceil((1 - tokens) * 1000 / budget)} end
+  granted = math.min(count, budget)
+  if tokens < granted then return {0, 0, math.ceil((granted - tokens) * 1000 / budget)} end
 end
 settle(KEYS[1], tokens - granted, now, math.ceil(math.max(granted, budget) * 1000 / budget) + 1000)
 return {0, granted, 0}
@@ -508,8 +509,8 @@ class ConnectionRegistry:
         return self._snapshot(entries.items())
 
     def lease_posts(self, count: int) -> tuple[int, float]:
-        """Take up to ``count`` posts from the whole API's budget, never into debt: (granted, seconds
-        until one is available when none is). The queue's workers pace themselves with it."""
+        """Take ``count`` posts (at most a second's worth) from the whole API's budget, never into debt:
+        (granted, 0), or (0, seconds until they are there). The queue's workers pace themselves with it."""
         budget = self._limits.max_posts_per_second
         if budget <= 0:
             return count, 0.0

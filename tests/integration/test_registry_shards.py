@@ -128,18 +128,18 @@ def test_the_lease_paces_without_debt_and_waits_out_an_inline_publishs_debt(redi
     clock = Clock()
     registry = sharded(redis_client, 1, clock, limits=Limits(max_posts_per_second=10))
     assert registry.lease_posts(4) == (4, 0.0)
-    assert registry.lease_posts(10) == (6, 0.0), "what the bucket holds, never more"
-    granted, wait = registry.lease_posts(1)
-    assert granted == 0 and wait == pytest.approx(0.1)
+    assert registry.lease_posts(10) == (0, pytest.approx(0.4)), "all of a lease or none, never a debt"
+    assert registry.lease_posts(6) == (6, 0.0)
     clock.now += 0.5
-    assert registry.lease_posts(10) == (5, 0.0)
+    assert registry.lease_posts(50) == (0, pytest.approx(0.5)), "at most a second's worth"
+    clock.now += 0.5
+    assert registry.lease_posts(50) == (10, 0.0)
     # GIVEN an inline publish to 30 that leaves a debt (it is granted on a full bucket)
     clock.now += 1
     for connection_id in connection_ids(30):
         registry.add(connection_id, CONNECTED_AT_MS)
     registry.begin_backend_publish()
     # THEN a worker waits until the debt is paid: 20 posts at 10 a second
-    granted, wait = registry.lease_posts(1)
-    assert granted == 0 and wait == pytest.approx(2.1)
+    assert registry.lease_posts(1) == (0, pytest.approx(2.1))
     with pytest.raises(OverCapacity):
         registry.begin_backend_publish()

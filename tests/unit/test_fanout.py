@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from chalicelib.fanout import DEADLINE_EXCEEDED, POSTS_PER_THREAD, Fanout
+from chalicelib.fanout import DEADLINE_EXCEEDED, POSTS_PER_THREAD, Fanout, PostPacer
 from chalicelib.management_api import DeliveryError, Gone, Throttled
 
 PAYLOAD = b'{"type":1,"data":null,"received":0}'
@@ -174,3 +174,72 @@ def test_small_publishes(recipients):
         one_by_one(lambda c, p: None), PAYLOAD, recipients, deadline=far_deadline()
     )
     assert report.delivered == len(recipients)
+
+
+class FakeTime:
+    """A clock that only sleeping moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Budget:
+    """The whole API's post budget as the registry leases it: ``rate`` a second, never into debt."""
+
+    def __init__(self, time_source: FakeTime, rate: int) -> None:
+        self.time = time_source
+        self.rate = rate
+        self.tokens = float(rate)
+        self.at = 0.0
+        self.leases = 0
+
+    def lease(self, count: int) -> tuple[int, float]:
+        self.leases += 1
+        self.tokens = min(self.rate, self.tokens + (self.time.now - self.at) * self.rate)
+        self.at = self.time.now
+        wanted = min(count, self.rate)
+        if self.tokens < wanted:
+            return 0, (wanted - self.tokens) / self.rate
+        self.tokens -= wanted
+        return wanted, 0.0
+
+
+def test_paced_posts_keep_to_the_budget_leased_in_chunks():
+    # GIVEN a budget of 10 posts a second, leased 5 at a time
+    fake = FakeTime()
+    budget = Budget(fake, rate=10)
+    posted_at = []
+    pacer = PostPacer(budget.lease, chunk=5, clock=fake.clock, sleep=fake.sleep)
+    paced = pacer.paced(
+        lambda batch, payload, deadline: [posted_at.append(fake.now) for _ in batch] and [None] * len(batch)
+    )
+    # WHEN 30 posts go out, two at a time
+    for _ in range(15):
+        assert paced(["a", "b"], PAYLOAD, 100.0) == [None, None]
+    # THEN the first 10 go at once (a full bucket) and the other 20 take 2 seconds, never faster
+    assert len(posted_at) == 30
+    assert posted_at[9] == 0.0
+    assert posted_at[-1] == pytest.approx(2.0, abs=0.11)
+    for index in range(10, 30):
+        assert posted_at[index] >= (index - 10) / 10 - 0.11, "at most 10 a second after the burst"
+    assert budget.leases <= 2 * 30 / 5, (
+        "one lease per chunk, and one wait before each once the bucket is empty"
+    )
+
+
+def test_a_post_the_budget_cannot_cover_before_the_deadline_is_not_made():
+    fake = FakeTime()
+    pacer = PostPacer(lambda count: (0, 0.5), chunk=5, clock=fake.clock, sleep=fake.sleep)
+    made = []
+    paced = pacer.paced(lambda batch, payload, deadline: made.extend(batch) or [None] * len(batch))
+    outcomes = paced(["a", "b"], PAYLOAD, 1.2)
+    assert made == []
+    assert [failure.reason for failure in outcomes] == ["deadline exceeded waiting for the post budget"] * 2
+    assert not any(failure.retryable for failure in outcomes)
+    assert fake.now < 1.2, "it gave up before the deadline, not after"
