@@ -344,7 +344,9 @@ class Broadcaster:
         # What one invocation delivers well; the rest is handed on first, so a failure to queue it
         # leaves nothing posted and the whole job can be retried without a duplicate.
         mine, rest = recipients[: self._inline_max], recipients[self._inline_max :]
-        if rest and not self._send_jobs(job.for_recipients(rest, attempt=1), "handed on"):
+        if rest and not self._send_jobs(
+            job.for_recipients(rest, attempt=1, most=self._inline_max), "handed on"
+        ):
             return False
         api = self._management_apis.for_event(job.api_id, job.stage)
         pacer = PostPacer(self._lease, chunk=self._lease_chunk, clock=self._clock, sleep=self._sleep)
@@ -352,7 +354,7 @@ class Broadcaster:
         undelivered = list(report.failed)
         again = bool(undelivered) and job.attempt < MAX_JOB_ATTEMPTS
         sent_again = again and self._send_jobs(
-            job.for_recipients(undelivered, attempt=job.attempt + 1), "retry"
+            job.for_recipients(undelivered, attempt=job.attempt + 1, most=self._inline_max), "retry"
         )
         try:
             self._registry.forget([*report.gone, *snapshot.stale], job.channel)

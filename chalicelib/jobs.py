@@ -95,10 +95,11 @@ class Job:
         except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as problem:
             raise InvalidJob(f"unreadable job: {type(problem).__name__}: {problem}") from None
 
-    def for_recipients(self, recipients: Sequence[str], *, attempt: int) -> list[Job]:
-        """Jobs for these recipients, each body within SQS's limit."""
+    def for_recipients(self, recipients: Sequence[str], *, attempt: int, most: int) -> list[Job]:
+        """Jobs for these recipients, at most ``most`` each (what one invocation should deliver, so they
+        run side by side), each body within SQS's limit."""
         room = MAX_BODY_BYTES - _HEADER_BYTES - 4 * (len(self.payload) + 2) // 3
-        per_job = max(1, room // _MAX_ID_BYTES)
+        per_job = max(1, min(most, room // _MAX_ID_BYTES))
         return [
             replace(self, shard=None, recipients=tuple(recipients[start : start + per_job]), attempt=attempt)
             for start in range(0, len(recipients), per_job)

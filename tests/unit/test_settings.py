@@ -71,3 +71,35 @@ def test_a_password_never_appears_in_an_error():
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({**BASE, "REDIS_URL": "redis://:hunter2@host:bad/0"})
     assert "hunter2" not in str(caught.value)
+
+
+def test_queued_fanout_is_off_until_a_queue_is_named_and_the_registry_has_one_shard():
+    settings = Settings.from_env(BASE)
+    assert settings.fanout_queue_url is None
+    assert settings.fanout_inline_max == 10_000
+    assert settings.registry_shards == 1
+    queued = Settings.from_env(
+        {
+            **BASE,
+            "FANOUT_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/ws-broadcast-fanout",
+            "FANOUT_INLINE_MAX": "2500",
+            "REGISTRY_SHARDS": "16",
+        }
+    )
+    assert queued.fanout_queue_url.endswith("/123456789012/ws-broadcast-fanout")
+    assert (queued.fanout_inline_max, queued.registry_shards) == (2500, 16)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FANOUT_QUEUE_URL", "ws-broadcast-fanout"),
+        ("FANOUT_QUEUE_URL", "arn:aws:sqs:eu-west-1:123456789012:ws-broadcast-fanout"),
+        ("FANOUT_INLINE_MAX", "0"),
+        ("REGISTRY_SHARDS", "0"),
+        ("REGISTRY_SHARDS", "4096"),
+    ],
+)
+def test_queue_and_shard_mistakes_name_their_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({**BASE, name: value})

@@ -1,0 +1,204 @@
+"""Queued fan-out through the use cases: a publish past ``FANOUT_INLINE_MAX`` becomes jobs, the worker
+delivers them exactly once, hands on what one invocation should not carry, re-queues what it could not
+deliver, and asks SQS to retry only what it did not touch. fakeredis, the real fan-out, an in-memory
+Management API and an in-memory queue (SQS itself: tests/integration and tests/e2e).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import fakeredis
+import pytest
+
+from chalicelib.auth import Gatekeeper
+from chalicelib.broadcast import MAX_JOB_ATTEMPTS, Broadcaster
+from chalicelib.fanout import Fanout
+from chalicelib.jobs import JobQueue
+from chalicelib.management_api import DeliveryError
+from chalicelib.registry import ConnectionRegistry, Limits, RegistryUnavailable
+from tests.unit.test_broadcaster import InMemoryApi, join, say
+
+INLINE_MAX = 5
+
+
+class InMemoryQueue:
+    """SQS as the worker sees it: SendMessageBatch in, batches of 10 out, a retried message back in."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+        self.down = False
+        self.sent = 0
+
+    def send_message_batch(self, QueueUrl, Entries):
+        if self.down:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url=QueueUrl)
+        self.messages.extend((uuid.uuid4().hex, entry["MessageBody"]) for entry in Entries)
+        self.sent += len(Entries)
+        return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
+
+    def drain(self, broadcaster: Broadcaster, *, max_receives: int = 3) -> int:
+        """Run the worker until the queue is empty; how many invocations it took."""
+        receives: dict[str, int] = {}
+        invocations = 0
+        while self.messages:
+            batch, self.messages = self.messages[:10], self.messages[10:]
+            invocations += 1
+            retry = set(broadcaster.deliver_jobs(batch, remaining_seconds=60))
+            for message_id, body in batch:
+                receives[message_id] = receives.get(message_id, 0) + 1
+                if message_id in retry and receives[message_id] < max_receives:
+                    self.messages.append((message_id, body))
+        return invocations
+
+
+@pytest.fixture
+def api() -> InMemoryApi:
+    return InMemoryApi()
+
+
+@pytest.fixture
+def queue() -> InMemoryQueue:
+    return InMemoryQueue()
+
+
+def queued_broadcaster(api, queue, *, shards=1, limits: Limits | None = None) -> Broadcaster:
+    limits = limits or Limits()
+    registry = ConnectionRegistry(
+        fakeredis.FakeRedis(decode_responses=True),
+        prefix="queued",
+        max_age_seconds=7200,
+        shards=shards,
+        inline_max=INLINE_MAX,
+        limits=limits,
+    )
+    return Broadcaster(
+        registry,
+        api,
+        Fanout(8),
+        Gatekeeper(None),
+        publish_deadline_seconds=5,
+        websocket_api=("a", "api"),
+        job_queue=JobQueue("https://sqs.us-east-1.amazonaws.com/123456789012/q", lambda: queue),
+        inline_max=INLINE_MAX,
+        max_posts_per_second=limits.max_posts_per_second,
+    )
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_a_large_audience_is_queued_and_every_recipient_gets_it_exactly_once(api, queue, json_log, shards):
+    # GIVEN 23 connections, more than the 5 a publish delivers inline
+    broadcaster = queued_broadcaster(api, queue, shards=shards, limits=Limits(max_posts_per_second=1000))
+    sender, *others = [join(broadcaster, api) for _ in range(23)]
+    # WHEN one publishes THEN nothing is posted by its invocation: jobs are queued, one per shard with members
+    assert say(broadcaster, sender, {"type": 7, "data": "big"}) == 200
+    assert api.inbox == {}
+    assert 1 <= len(queue.messages) <= shards
+    # AND the workers deliver it to each of the others once, never to the sender (no echo)
+    queue.drain(broadcaster)
+    assert {c.connection_id: [m["data"] for m in api.inbox[c.connection_id]] for c in others} == {
+        c.connection_id: ["big"] for c in others
+    }
+    assert sender.connection_id not in api.inbox
+    # AND one id follows the publish through the sender's and every worker's lines
+    lines = json_log()
+    (queued,) = [line for line in lines if line["message"] == "queued"]
+    delivered = [line for line in lines if line["message"] == "delivered"]
+    # (one shard's count leaves the sender out in its script; sharded counts cannot tell where it is)
+    assert queued["recipients"] == (22 if shards == 1 else 23) and queued["jobs"] == len(
+        {line["shard"] for line in delivered if line["shard"] is not None}
+    )
+    assert {line["publish_id"] for line in delivered} == {queued["publish_id"]}
+    assert sum(line["delivered"] for line in delivered) == 22
+
+
+def test_a_shard_larger_than_one_invocation_should_carry_is_handed_on(api, queue, json_log):
+    broadcaster = queued_broadcaster(api, queue)
+    connections = [join(broadcaster, api) for _ in range(17)]
+    say(broadcaster, connections[0], {"type": 1, "echo": True})
+    invocations = queue.drain(broadcaster)
+    assert all(len(api.inbox[c.connection_id]) == 1 for c in connections)
+    delivered = [line for line in json_log() if line["message"] == "delivered"]
+    assert delivered[0]["handed_on"] == 12 and delivered[0]["recipients"] == INLINE_MAX
+    assert queue.sent == 4, "the shard's job, then 3 jobs of at most 5 for the 12 beyond it"
+    assert invocations == 2, "the three run side by side (one batch here)"
+
+
+class FailingFor(InMemoryApi):
+    """Fails posts to some connections with a 500 that is not retried in the invocation."""
+
+    def __init__(self, failing: set[str]) -> None:
+        super().__init__()
+        self.failing = failing
+        self.attempts: dict[str, int] = {}
+
+    def post_many(self, connection_ids, data, deadline):
+        outcomes = []
+        for connection_id in connection_ids:
+            if connection_id in self.failing:
+                self.attempts[connection_id] = self.attempts.get(connection_id, 0) + 1
+                outcomes.append(DeliveryError(connection_id, 500, "InternalServerError"))
+            else:
+                outcomes.extend(super().post_many([connection_id], data, deadline))
+        return outcomes
+
+
+def test_undelivered_recipients_are_queued_again_alone_then_given_up(queue, json_log):
+    api = FailingFor(set())
+    broadcaster = queued_broadcaster(api, queue)
+    connections = [join(broadcaster, api) for _ in range(8)]
+    unlucky = connections[3].connection_id
+    api.failing.add(unlucky)
+    say(broadcaster, connections[0], {"type": 1, "echo": True})
+    queue.drain(broadcaster)
+    # THEN everyone else got it once; the unlucky one was tried once per attempt, then given up
+    assert all(len(api.inbox[c.connection_id]) == 1 for c in connections if c.connection_id != unlucky)
+    assert api.attempts[unlucky] == MAX_JOB_ATTEMPTS
+    failing = [line for line in json_log() if line["message"] == "delivered" and line["failed"]]
+    assert [line["attempt"] for line in failing] == [1, 2, 3]
+    assert [line["recipients"] for line in failing[1:]] == [1, 1], "only the undelivered one is retried"
+    assert [line["given_up"] for line in failing] == [0, 0, 1]
+
+
+def test_a_job_is_retried_whole_by_sqs_when_nothing_was_posted(api, queue, monkeypatch, json_log):
+    broadcaster = queued_broadcaster(api, queue)
+    connections = [join(broadcaster, api) for _ in range(8)]
+    say(broadcaster, connections[0], {"type": 1})
+    (message,) = queue.messages
+
+    def down(*args, **kwargs):
+        raise RegistryUnavailable("Redis failed: connection refused")
+
+    monkeypatch.setattr(broadcaster._registry, "read_shard", down)
+    unreadable = ("m-bad", "{not a job")
+    assert broadcaster.deliver_jobs([message, unreadable], remaining_seconds=60) == [message[0], "m-bad"]
+    assert api.inbox == {}
+    messages = [line["message"] for line in json_log()]
+    assert "job not delivered: registry unavailable; SQS delivers it again" in messages
+    assert "job unreadable: after its retries it goes to the dead-letter queue" in messages
+
+
+def test_a_publish_that_cannot_be_queued_tells_its_sender_and_a_backend(api, queue):
+    broadcaster = queued_broadcaster(api, queue)
+    sender, *_ = [join(broadcaster, api) for _ in range(8)]
+    queue.down = True
+    assert say(broadcaster, sender, {"type": 1}) == 503
+    (reply,) = api.inbox[sender.connection_id]
+    assert reply["error"]["code"] == "queue_unavailable"
+    status, body = broadcaster.publish_from_backend(json.dumps({"type": 1}), remaining_seconds=10)
+    assert status == 503 and body["error"]["code"] == "queue_unavailable"
+
+
+def test_a_queued_backend_publish_is_accepted_with_its_id(api, queue):
+    broadcaster = queued_broadcaster(api, queue)
+    for _ in range(8):
+        join(broadcaster, api)
+    status, body = broadcaster.publish_from_backend(
+        json.dumps({"type": 1, "data": "x"}), remaining_seconds=10
+    )
+    assert status == 202 and body["recipients"] == 8 and len(body["queued"]) == 32
+    queue.drain(broadcaster)
+    assert sum(len(inbox) for inbox in api.inbox.values()) == 8
