@@ -8,23 +8,26 @@
 For the stage it sets, and leaves everything else in the file as it was:
   - ``subnet_ids`` / ``security_group_ids`` from the outputs PrivateSubnetIds and FunctionSecurityGroupId,
     at the stage level if the stage sets them there, else on each function (the three WebSocket
-    handlers and api_handler, which serves POST /publish);
+    handlers, api_handler, which serves POST /publish, and fanout_worker);
   - ``environment_variables`` REDIS_URL, REDIS_AUTH, REDIS_IAM_USER_ID, REDIS_IAM_CACHE_NAME (and the
-    same names where a function overrides them, so no stale value wins);
+    same names where a function overrides them, so no stale value wins), and FANOUT_QUEUE_URL (output
+    FanoutQueueUrl) on the functions that enqueue broadcast jobs;
   - ``autogen_policy: false`` with ``iam_policy_file: policy-<stage>.json``, written next to the config:
     chalice's generated policy has neither ``elasticache:Connect`` (IAM authentication), nor a scoped
     ``execute-api:ManageConnections``, nor ``ssm:GetParameter`` on the stage's AUTH_JWT_SECRET_PARAMETER
     (granted on that one parameter; none when the stage verifies tokens with AUTH_JWKS_URL). The API
     does not exist yet when this runs, so the ManageConnections scope is this account and region (the
-    one-stack path, `make deploy`, scopes it to the API itself);
+    one-stack path, `make deploy`, scopes it to the API itself); and the fan-out queue (output
+    FanoutQueueArn): sending, and what the worker's event source mapping does with its role. This
+    one policy serves every function (the one-stack path gives each its own role);
   - ``log_retention_in_days`` (chalice then creates each function's log group with that retention, and
     `chalice delete` removes it) and websocket_message's ``reserved_concurrency``, as the template's
     LogRetentionDays and MessageReservedConcurrency do on the one-stack path.
 
 With ``--deployed`` (after a `chalice deploy`, which is when the WebSocket API's id first exists; `make
-chalice-deploy` does it, and deploys again when it changed anything): api_handler's WEBSOCKET_API_ID and
-WEBSOCKET_API_STAGE (POST /publish posts through that API), and the policy's ManageConnections
-narrowed to that API.
+chalice-deploy` does it, and deploys again when it changed anything): WEBSOCKET_API_ID and
+WEBSOCKET_API_STAGE of api_handler and fanout_worker (POST /publish and the worker post through that
+API: no caller's event names it), and the policy's ManageConnections narrowed to that API.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ import json
 import sys
 from pathlib import Path
 
-FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler")
+FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler", "fanout_worker")
+# The functions that enqueue broadcast jobs (sqs:SendMessage), and those that post without a caller.
+ENQUEUERS = ("websocket_message", "api_handler", "fanout_worker")
+POSTING_WITHOUT_CALLER = ("api_handler", "fanout_worker")
 USABLE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
 REQUIRED_OUTPUTS = (
     "PrivateSubnetIds",
@@ -45,6 +51,8 @@ REQUIRED_OUTPUTS = (
     "RedisIamCacheName",
     "RedisReplicationGroupArn",
     "RedisIamUserArn",
+    "FanoutQueueUrl",
+    "FanoutQueueArn",
 )
 
 
@@ -122,6 +130,23 @@ def policy(
                 "Resource": [outputs["RedisReplicationGroupArn"], outputs["RedisIamUserArn"]],
             },
             *([read_secret] if secret else []),
+            {
+                "Sid": "EnqueueFanoutJobs",
+                "Effect": "Allow",
+                "Action": "sqs:SendMessage",
+                "Resource": outputs["FanoutQueueArn"],
+            },
+            {
+                "Sid": "ConsumeFanoutJobs",
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                    "sqs:ChangeMessageVisibility",
+                ],
+                "Resource": outputs["FanoutQueueArn"],
+            },
         ],
     }
 
@@ -137,7 +162,7 @@ def manage_connections(partition: str, region: str, account: str, api_id: str = 
 
 
 def record_websocket_api(config: dict, stage: str, deployed: dict, policy_document: dict | None) -> bool:
-    """Give api_handler the deployed WebSocket API and narrow the policy's ManageConnections to it
+    """Give api_handler and fanout_worker the deployed WebSocket API and narrow the policy's ManageConnections to it
     (when the stage has a policy file of ours), in place; True when anything changed (a deploy must
     then apply it)."""
     found = {r.get("resource_type"): r for r in deployed.get("resources", [])}
@@ -151,10 +176,12 @@ def record_websocket_api(config: dict, stage: str, deployed: dict, policy_docume
         "WEBSOCKET_API_ID": api["websocket_api_id"],
         "WEBSOCKET_API_STAGE": stage_config.get("api_gateway_stage", "api"),
     }
-    handler = stage_config.setdefault("lambda_functions", {}).setdefault("api_handler", {})
-    variables = handler.setdefault("environment_variables", {})
-    changed = bool(env.items() - variables.items())
-    variables.update(env)
+    functions = stage_config.setdefault("lambda_functions", {})
+    changed = False
+    for name in POSTING_WITHOUT_CALLER:
+        variables = functions.setdefault(name, {}).setdefault("environment_variables", {})
+        changed = changed or bool(env.items() - variables.items())
+        variables.update(env)
     if policy_document is None:
         return changed
     statements = policy_document["Statement"]
@@ -208,6 +235,10 @@ def update_config(
             overridden[key] = env[key]
         for key in ("autogen_policy", "iam_policy_file", "log_retention_in_days"):
             function.pop(key, None)
+    for name in ENQUEUERS:
+        functions[name].setdefault("environment_variables", {})["FANOUT_QUEUE_URL"] = outputs[
+            "FanoutQueueUrl"
+        ]
     message = functions["websocket_message"]
     if message_reserved_concurrency:
         message["reserved_concurrency"] = message_reserved_concurrency
@@ -263,7 +294,10 @@ def record_deployed(config_path: Path, deployed: Path, stage: str) -> bool:
         config_path.write_text(json.dumps(config, indent=2) + "\n")
         if document is not None:
             policy_path.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"write_chalice_config: stage {stage}: api_handler posts through the deployed WebSocket API")
+        print(
+            f"write_chalice_config: stage {stage}: api_handler and fanout_worker post through the deployed "
+            "WebSocket API"
+        )
     return changed
 
 
