@@ -206,7 +206,11 @@ def delete_chalice_app(stage: str) -> None:
     state = deployed_state(stage)
     if state is None:
         return
-    functions = [r["lambda_arn"].split(":")[-1] for r in state.get("resources", []) if r.get("lambda_arn")]
+    functions = [
+        r["lambda_arn"].split(":")[-1]
+        for r in state.get("resources", [])
+        if r.get("resource_type") == "lambda_function"  # an SQS event source names its function too
+    ]
     chalice = os.environ.get("CHALICE", "chalice")
     print(f"+ {chalice} delete --stage {stage}", file=sys.stderr, flush=True)
     subprocess.run([chalice, "delete", "--stage", stage], check=True)
