@@ -141,8 +141,8 @@ chalice-config:
 	$(PY) scripts/write_chalice_config.py --describe-stacks $(BUILD)/stack-$(stack).json --stage $(STAGE)
 
 ## make chalice-deploy [worker_concurrency=N]: `chalice deploy --stage $(STAGE)` with the same AWS_PROFILE /
-## AWS_DEFAULT_REGION; then api_handler and fanout_worker get the WebSocket API's id (known only now) and the
-## policy is narrowed to it, by a second deploy; the worker's event source mapping gets partial batch
+## AWS_DEFAULT_REGION; then api_handler gets the WebSocket API's id (known only now) and the policy is
+## narrowed to it, by a second deploy; the worker's event source mapping gets partial batch
 ## failures and its maximum concurrency.
 chalice-deploy:
 	scripts/bootstrap python

@@ -77,8 +77,3 @@ def publish_from_backend() -> Response:
         remaining_seconds = context.get_remaining_time_in_millis() / 1000
         status, report = broadcaster().publish_from_backend(app.current_request.raw_body, remaining_seconds)
     return Response(body=report, status_code=status, headers={"Content-Type": "application/json"})
-
-
-@app.on_sqs_message(queue="ws-broadcast-fanout", batch_size=10, name="fanout_worker")
-def fanout_worker(event: SQSEvent) -> dict:
-    return {"batchItemFailures": []}

@@ -138,9 +138,8 @@ def endpoints(stack: str, stage: str) -> tuple[str, str]:
 
 
 def chalice_deploy(stage: str, log_retention_days: int, worker_max_concurrency: int) -> None:
-    """`chalice deploy`; the WebSocket API's id exists only then, so api_handler (POST /publish) and
-    fanout_worker get it and the policy is narrowed to that API, applied by a second deploy (only when
-    they changed). chalice names api_handler's log group after a function name it does not use
+    """`chalice deploy`; the WebSocket API's id exists only then, so api_handler (POST /publish) gets it
+    and the policy is narrowed to that API, applied by a second deploy (only when they changed). chalice names api_handler's log group after a function name it does not use
     (chalice 1.34), so the group Lambda writes to gets its retention here. chalice cannot ask for
     partial batch failures on the worker's event source mapping: without them Lambda deletes a whole
     batch whenever the worker returns, failed jobs included; so they are set here, with its maximum

@@ -25,9 +25,9 @@ For the stage it sets, and leaves everything else in the file as it was:
     LogRetentionDays and MessageReservedConcurrency do on the one-stack path.
 
 With ``--deployed`` (after a `chalice deploy`, which is when the WebSocket API's id first exists; `make
-chalice-deploy` does it, and deploys again when it changed anything): WEBSOCKET_API_ID and
-WEBSOCKET_API_STAGE of api_handler and fanout_worker (POST /publish and the worker post through that
-API: no caller's event names it), and the policy's ManageConnections narrowed to that API.
+chalice-deploy` does it, and deploys again when it changed anything): api_handler's WEBSOCKET_API_ID and
+WEBSOCKET_API_STAGE (POST /publish posts through that API), and the policy's ManageConnections
+narrowed to that API.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ import sys
 from pathlib import Path
 
 FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler", "fanout_worker")
-# The functions that enqueue broadcast jobs (sqs:SendMessage), and those that post without a caller.
+# The functions that enqueue broadcast jobs (sqs:SendMessage).
 ENQUEUERS = ("websocket_message", "api_handler", "fanout_worker")
-POSTING_WITHOUT_CALLER = ("api_handler", "fanout_worker")
 USABLE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
 REQUIRED_OUTPUTS = (
     "PrivateSubnetIds",
@@ -162,7 +161,7 @@ def manage_connections(partition: str, region: str, account: str, api_id: str = 
 
 
 def record_websocket_api(config: dict, stage: str, deployed: dict, policy_document: dict | None) -> bool:
-    """Give api_handler and fanout_worker the deployed WebSocket API and narrow the policy's ManageConnections to it
+    """Give api_handler the deployed WebSocket API and narrow the policy's ManageConnections to it
     (when the stage has a policy file of ours), in place; True when anything changed (a deploy must
     then apply it)."""
     found = {r.get("resource_type"): r for r in deployed.get("resources", [])}
@@ -176,12 +175,10 @@ def record_websocket_api(config: dict, stage: str, deployed: dict, policy_docume
         "WEBSOCKET_API_ID": api["websocket_api_id"],
         "WEBSOCKET_API_STAGE": stage_config.get("api_gateway_stage", "api"),
     }
-    functions = stage_config.setdefault("lambda_functions", {})
-    changed = False
-    for name in POSTING_WITHOUT_CALLER:
-        variables = functions.setdefault(name, {}).setdefault("environment_variables", {})
-        changed = changed or bool(env.items() - variables.items())
-        variables.update(env)
+    handler = stage_config.setdefault("lambda_functions", {}).setdefault("api_handler", {})
+    variables = handler.setdefault("environment_variables", {})
+    changed = bool(env.items() - variables.items())
+    variables.update(env)
     if policy_document is None:
         return changed
     statements = policy_document["Statement"]
@@ -294,10 +291,7 @@ def record_deployed(config_path: Path, deployed: Path, stage: str) -> bool:
         config_path.write_text(json.dumps(config, indent=2) + "\n")
         if document is not None:
             policy_path.write_text(json.dumps(document, indent=2) + "\n")
-        print(
-            f"write_chalice_config: stage {stage}: api_handler and fanout_worker post through the deployed "
-            "WebSocket API"
-        )
+        print(f"write_chalice_config: stage {stage}: api_handler posts through the deployed WebSocket API")
     return changed
 
 

@@ -106,9 +106,8 @@ def test_the_network_and_chalice_path_from_secret_to_teardown(clone, tmp_path):
     assert "wss://abc123defg.execute-api.eu-west-1.amazonaws.com/api/" in out  # from chalice's record
     assert "https://rest456hij.execute-api.eu-west-1.amazonaws.com/api/publish" in out
     prod = json.loads((clone / ".chalice" / "config.json").read_text())["stages"]["prod"]
-    for name in ("api_handler", "fanout_worker"):
-        assert prod["lambda_functions"][name]["environment_variables"] == {
-            "FANOUT_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/ws-broadcast-fanout",
-            "WEBSOCKET_API_ID": "abc123defg",
-            "WEBSOCKET_API_STAGE": "api",
-        }
+    assert prod["lambda_functions"]["api_handler"]["environment_variables"] == {
+        "FANOUT_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/ws-broadcast-fanout",
+        "WEBSOCKET_API_ID": "abc123defg",
+        "WEBSOCKET_API_STAGE": "api",
+    }
