@@ -60,7 +60,14 @@ def test_a_message_sent_with_boto3_reaches_the_worker_as_lambda_sends_it(start_g
     gw = start_gateway("--sqs-visibility-timeout-seconds", "1")
     endpoint = gw.wait_for(r"sqs: in-process moto at (http://127\.0\.0\.1:\d+) \(AWS_ENDPOINT_URL_SQS\)")[1]
     url = gw.wait_for(r"queue (https://sqs\.us-east-1\.amazonaws\.com/123456789012/fixture-jobs) ")[1]
-    gw.wait_for(r"dead letters: fixture-jobs-dlq after 3 receives")
+    gw.wait_for(
+        r"dead letters: fixture-jobs-dlq after 3 receives, visibility timeout 1 s\) -> fixture_worker"
+    )
+    # (the function's timeout and memory are its own block's in .chalice/config.json)
+    gw.wait_for(
+        r"SQS fixture-jobs -> app\.fixture_worker \(localgw-fixture-dev-fixture_worker, timeout 10 s, 512 MB\)"
+    )
+    gw.wait_for(r"4 poller\(s\), batches of up to 3$")
     client = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
     # WHEN a backend sends a message to the AWS-shaped URL, through the endpoint
     message_id = client.send_message(QueueUrl=url, MessageBody='{"job": 1}')["MessageId"]
