@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from localgw import gateway as gw
 from localgw import rest
 from localgw.embedded_redis import EmbeddedRedis
@@ -23,12 +25,18 @@ from localgw.project import (
     read_config,
 )
 from localgw.runtime import Runtime
+from localgw.sqs import EventSourceMapping
+from testing.sqs import SqsStandIn, create_queue_with_dlq, queue_url
 
 DEFAULT_API_ID = "localgw001"  # 10 characters, like a real API id
 # Handlers running at once in the one runtime process. Lambda runs one invocation per container and
 # as many containers as there are requests in flight; here they share one process, so the app's
 # per-process pools (redis-py's holds 100 connections) see up to this many users at once.
 DEFAULT_CONCURRENCY = 128
+# SQS event source mappings: short enough that a failed batch comes back while you watch.
+DEFAULT_SQS_VISIBILITY_TIMEOUT_SECONDS = 5
+DEFAULT_SQS_MAX_RECEIVE_COUNT = 3
+DEFAULT_SQS_POLLERS = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,6 +101,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="handler invocations running at once in the one runtime process "
         f"(default {DEFAULT_CONCURRENCY}; Lambda runs one per container)",
     )
+    sqs = parser.add_argument_group("SQS event sources (@app.on_sqs_message)")
+    sqs.add_argument(
+        "--sqs-visibility-timeout-seconds",
+        type=int,
+        default=DEFAULT_SQS_VISIBILITY_TIMEOUT_SECONDS,
+        help="each queue's visibility timeout: how long a failed batch waits before it is received again "
+        f"(default {DEFAULT_SQS_VISIBILITY_TIMEOUT_SECONDS})",
+    )
+    sqs.add_argument(
+        "--sqs-max-receive-count",
+        type=int,
+        default=DEFAULT_SQS_MAX_RECEIVE_COUNT,
+        help="receives before SQS moves a message to the queue's <name>-dlq "
+        f"(its redrive policy's maxReceiveCount; default {DEFAULT_SQS_MAX_RECEIVE_COUNT})",
+    )
+    sqs.add_argument(
+        "--sqs-pollers",
+        type=int,
+        default=DEFAULT_SQS_POLLERS,
+        help="batches of one queue invoked at once (default "
+        f"{DEFAULT_SQS_POLLERS}; a lower maximum_concurrency in the decorator lowers it)",
+    )
     output = parser.add_argument_group("terminal output")
     output.add_argument("--verbose", action="store_true", help="also log every Management API call")
     output.add_argument(
@@ -146,6 +176,60 @@ def _redact(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
 
 
+def event_source_mappings(
+    runtime: Runtime, args: argparse.Namespace, log: gw.Log
+) -> list[EventSourceMapping]:
+    """Each SQS event source's queue and dead-letter queue at AWS_ENDPOINT_URL_SQS, and its pollers."""
+    if not runtime.sqs_sources:
+        return []
+    import boto3
+
+    client = boto3.client("sqs", region_name=os.environ["AWS_REGION"])  # AWS_ENDPOINT_URL_SQS: the stand-in
+    mappings = []
+    for key, source in sorted(runtime.sqs_sources.items()):
+        function = runtime.functions[key]
+        queue = create_queue_with_dlq(
+            client,
+            source.queue,
+            visibility_timeout_seconds=args.sqs_visibility_timeout_seconds,
+            max_receive_count=args.sqs_max_receive_count,
+        )
+        account = queue.arn.split(":")[4]
+        log.info(
+            f"queue {queue_url(source.queue, region=os.environ['AWS_REGION'], account_id=account)} "
+            f"(dead letters: {queue.dlq_url.rsplit('/', 1)[-1]} after {args.sqs_max_receive_count} receives, "
+            f"visibility timeout {args.sqs_visibility_timeout_seconds} s) -> {function.name}"
+        )
+        timeout = args.handler_timeout_seconds or function.timeout_seconds
+        if args.sqs_visibility_timeout_seconds < timeout:
+            log.info(
+                f"warning: {source.queue}'s visibility timeout ({args.sqs_visibility_timeout_seconds} s) is "
+                f"shorter than {function.name}'s timeout ({timeout:g} s): AWS refuses such a mapping; here a "
+                "batch that runs longer is received again meanwhile"
+            )
+        mapping = EventSourceMapping(
+            function,
+            source,
+            queue,
+            client=client,
+            invoke=runtime.invoke,
+            timeout_seconds=timeout,
+            pollers=max(1, min(source.maximum_concurrency or args.sqs_pollers, args.sqs_pollers)),
+            max_receive_count=args.sqs_max_receive_count,
+            log_line=log.line,
+        )
+        log.info(
+            f"{mapping.pollers} poller(s), batches of up to {source.batch_size}"
+            + (
+                f" gathered for up to {source.maximum_batching_window_seconds:g} s"
+                if source.maximum_batching_window_seconds
+                else ""
+            )
+        )
+        mappings.append(mapping)
+    return mappings
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = gw.Log(verbose=args.verbose, app_logs=args.app_logs)
@@ -164,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     port = sockets[0].getsockname()[1]
     endpoint = f"http://{_endpoint_host(sockets[0])}:{port}/{stage}"
 
-    embedded = None
+    embedded = stand_in = runtime = None
     try:
         apply_environment(project.environment, os.environ)
         for conflict in project.conflicts:
@@ -180,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 f"redis: embedded in-process fakeredis at {embedded.url} (set REDIS_URL to use a real one)"
             )
+        if os.environ.get("AWS_ENDPOINT_URL_SQS", "").strip():
+            log.info(f"sqs: {os.environ['AWS_ENDPOINT_URL_SQS']} (AWS_ENDPOINT_URL_SQS)")
+        else:
+            stand_in = SqsStandIn().start()
+            os.environ["AWS_ENDPOINT_URL_SQS"] = stand_in.endpoint
+            log.info(f"sqs: in-process moto at {stand_in.endpoint} (AWS_ENDPOINT_URL_SQS)")
         runtime = Runtime(
             project_dir,
             chalice_stage=args.chalice_stage,
@@ -189,10 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             log=log.info,
             output=log.app,
         )
-    except ProjectError as exc:
+        mappings = event_source_mappings(runtime, args, log)
+    except (ProjectError, BotoCoreError, ClientError) as exc:
         print(f"localgw: {exc}", file=sys.stderr)
+        if runtime is not None:
+            runtime.stop()
         if embedded is not None:
             embedded.stop()
+        if stand_in is not None:
+            stand_in.stop()
         return 2
 
     limits = gw.Limits(
@@ -249,13 +344,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.page is not None:
                 log.info(f"page at http://{ws_host}:{port}/ ({args.page})")
             log.info(f"up to {args.concurrency} handlers at once in one runtime process (--concurrency)")
+            for mapping in mappings:
+                mapping.start()
 
         await gw.serve(gateway, sockets, on_ready=ready, stop=stop)
 
     try:
         asyncio.run(run())
     finally:
+        for mapping in mappings:
+            mapping.stop()
         runtime.stop()
+        if stand_in is not None:
+            stand_in.stop()
         if embedded is not None:
             embedded.stop()
     log.info("stopped")

@@ -1,7 +1,7 @@
 """Calling a handler the way Lambda does: a JSON round trip of the event, a Lambda-like context.
 
-A ``LambdaFunction`` is one of the (up to) three functions Chalice deploys for a WebSocket API
-(``websocket_connect``, ``websocket_message``, ``websocket_disconnect``), reached through the handler
+A ``LambdaFunction`` is one of the functions Chalice deploys for the app (``websocket_connect``,
+``websocket_message``, ``websocket_disconnect``, ``api_handler``, an SQS worker), reached through the handler
 string Chalice writes into the function's configuration (``app.connect``), with the timeout and memory
 the project's ``.chalice/config.json`` gives it.
 """
@@ -19,7 +19,7 @@ from testing.lambda_context import LambdaContext
 
 @dataclass(frozen=True, kw_only=True)
 class LambdaFunction:
-    name: str  # Chalice's resource name: websocket_connect, websocket_message, websocket_disconnect
+    name: str  # Chalice's resource name: websocket_connect, websocket_message, fanout_worker...
     function_name: str  # the deployed name: {app_name}-{stage}-{name}
     handler_string: str  # what Lambda's Handler setting holds, e.g. "app.connect"
     handler: Callable[[dict, object], object] = field(repr=False)

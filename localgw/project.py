@@ -1,14 +1,18 @@
-"""Loading a Chalice project the way ``chalice local`` does, and finding its WebSocket functions.
+"""Loading a Chalice project the way ``chalice local`` does, and finding its functions: the one place
+that reads Chalice's configuration and app structures (WebSocket handlers, REST, SQS event sources).
 
 1. Read ``.chalice/config.json`` through Chalice's own ``Config`` (the same lookup chains ``chalice
    deploy`` uses), for the chosen stage.
 2. Put the stage's ``environment_variables`` (top level, then stage, then the per-function blocks of
-   ``websocket_connect``/``websocket_message``/``websocket_disconnect``) into ``os.environ`` before the
-   app is imported. Lambda gives each function its own environment; one process cannot, so the
-   per-function blocks are merged and a conflict between two of them is reported.
+   ``websocket_connect``/``websocket_message``/``websocket_disconnect`` and of every function the
+   config's ``lambda_functions`` name, such as an ``@app.on_sqs_message`` worker) into ``os.environ``
+   before the app is imported. Lambda gives each function its own environment; one process cannot, so
+   the per-function blocks are merged and a conflict between two of them is reported.
 3. Import ``app.py`` with the project directory first on ``sys.path``.
 4. Resolve each WebSocket route to the handler string Chalice writes into the function's ``Handler``
    setting (``app.connect``) and resolve it as Lambda does: import the module, take the attribute.
+5. Find the app's ``@app.on_sqs_message`` event sources (``app.event_sources``), each a function and
+   its event source mapping's settings.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from chalice.app import SQSEventConfig
 from chalice.config import Config
 from chalice.constants import DEFAULT_LAMBDA_MEMORY_SIZE, DEFAULT_LAMBDA_TIMEOUT
 
@@ -43,7 +48,7 @@ class ProjectConfig:
     project_dir: Path
     chalice_stage: str
     app_name: str
-    environment: dict[str, str]  # merged for every WebSocket function
+    environment: dict[str, str]  # merged for every function
     conflicts: list[str]  # variables two functions set differently
     _config: Config
 
@@ -68,7 +73,7 @@ def read_config(project_dir: Path, chalice_stage: str) -> ProjectConfig:
     )
     environment: dict[str, str] = {}
     conflicts = []
-    for name in FUNCTION_NAMES.values():
+    for name in _function_names(from_disk, chalice_stage):
         for key, value in config.scope(chalice_stage, name).environment_variables.items():
             if key in environment and environment[key] != str(value):
                 conflicts.append(f"{key} (set differently for {name})")
@@ -81,6 +86,15 @@ def read_config(project_dir: Path, chalice_stage: str) -> ProjectConfig:
         conflicts=conflicts,
         _config=config,
     )
+
+
+def _function_names(from_disk: dict, chalice_stage: str) -> list[str]:
+    """The WebSocket functions, then every other function the config gives a block of its own."""
+    names = list(FUNCTION_NAMES.values())
+    stage = from_disk.get("stages", {}).get(chalice_stage, {})
+    for blocks in (from_disk.get("lambda_functions", {}), stage.get("lambda_functions", {})):
+        names += [name for name in blocks if name not in names]
+    return names
 
 
 def apply_environment(environment: dict[str, str], env: MutableMapping[str, str]) -> list[str]:
@@ -127,15 +141,13 @@ def websocket_functions(app, project: ProjectConfig, *, region: str) -> dict[str
     functions = {}
     for route_key, handler_config in app.websocket_handlers.items():
         name = FUNCTION_NAMES.get(route_key, FUNCTION_NAMES[ROUTE_DEFAULT])
-        scoped = project.scoped(name)
-        functions[route_key if route_key in FUNCTION_NAMES else ROUTE_DEFAULT] = LambdaFunction(
-            name=name,
-            function_name=f"{project.app_name}-{project.chalice_stage}-{name}",
-            handler_string=handler_config.handler_string,
-            handler=resolve_handler(handler_config.handler_string),
-            timeout_seconds=float(scoped.lambda_timeout or DEFAULT_LAMBDA_TIMEOUT),
-            memory_mb=int(scoped.lambda_memory_size or DEFAULT_LAMBDA_MEMORY_SIZE),
+        functions[route_key if route_key in FUNCTION_NAMES else ROUTE_DEFAULT] = _function(
+            project,
+            name,
+            handler_config.handler_string,
+            resolve_handler(handler_config.handler_string),
             region=region,
+            deployed_name=f"-{name}",
         )
     if not functions:
         raise ProjectError("the app registers no WebSocket handlers (@app.on_ws_connect/message/disconnect)")
@@ -144,17 +156,59 @@ def websocket_functions(app, project: ProjectConfig, *, region: str) -> dict[str
 
 def rest_function(project: ProjectConfig, *, region: str) -> LambdaFunction:
     """The function Chalice deploys the app's REST routes as (``app.app``, the Chalice app itself)."""
-    name = "api_handler"
+    return _function(project, "api_handler", "app.app", None, region=region, deployed_name="")
+
+
+def _function(
+    project: ProjectConfig, name: str, handler_string: str, handler, *, region: str, deployed_name: str
+) -> LambdaFunction:
     scoped = project.scoped(name)
     return LambdaFunction(
         name=name,
-        function_name=f"{project.app_name}-{project.chalice_stage}",
-        handler_string="app.app",
-        handler=None,
+        function_name=f"{project.app_name}-{project.chalice_stage}{deployed_name}",
+        handler_string=handler_string,
+        handler=handler,
         timeout_seconds=float(scoped.lambda_timeout or DEFAULT_LAMBDA_TIMEOUT),
         memory_mb=int(scoped.lambda_memory_size or DEFAULT_LAMBDA_MEMORY_SIZE),
         region=region,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqsSource:
+    """An ``@app.on_sqs_message`` handler: its queue (by name) and its event source mapping's settings."""
+
+    queue: str
+    batch_size: int
+    maximum_batching_window_seconds: float
+    maximum_concurrency: int | None
+
+
+def sqs_functions(app, project: ProjectConfig, *, region: str) -> dict[str, tuple[LambdaFunction, SqsSource]]:
+    """The app's SQS-triggered functions, by the key the gateway knows them by (``SQS <queue>``)."""
+    found = {}
+    for config in app.event_sources:
+        if not isinstance(config, SQSEventConfig):
+            continue
+        queue = config.queue or config.queue_arn.rsplit(":", 1)[-1]
+        function = _function(
+            project,
+            config.name,
+            config.handler_string,
+            resolve_handler(config.handler_string),
+            region=region,
+            deployed_name=f"-{config.name}",
+        )
+        found[f"SQS {queue}"] = (
+            function,
+            SqsSource(
+                queue=queue,
+                batch_size=config.batch_size,
+                maximum_batching_window_seconds=config.maximum_batching_window_in_seconds,
+                maximum_concurrency=config.maximum_concurrency,
+            ),
+        )
+    return found
 
 
 def point_websocket_api_at(app, endpoint: str) -> None:
@@ -198,6 +252,7 @@ __all__ = [
     "FUNCTION_NAMES",
     "ProjectConfig",
     "ProjectError",
+    "SqsSource",
     "apply_environment",
     "default_project_dir",
     "ensure_aws_environment",
@@ -205,5 +260,6 @@ __all__ = [
     "point_websocket_api_at",
     "read_config",
     "rest_function",
+    "sqs_functions",
     "websocket_functions",
 ]

@@ -35,10 +35,12 @@ from localgw import rest
 from localgw.lambdaenv import HandlerError, LambdaFunction, invoke
 from localgw.project import (
     ProjectError,
+    SqsSource,
     import_app,
     point_websocket_api_at,
     read_config,
     rest_function,
+    sqs_functions,
     websocket_functions,
 )
 
@@ -52,7 +54,8 @@ class Runtime:
     flight fail, and the next invocation starts a new process, as Lambda replaces a container whose
     runtime exited; that start blocks the gateway for the length of a cold start. The process counts as
     dead from the moment its pipe closes (the reader sees it first; ``is_alive`` may lag behind).
-    ``output`` receives each whole line the runtime prints.
+    ``output`` receives each whole line the runtime prints. ``functions`` holds every function by the
+    key the gateway knows it by; ``sqs_sources`` the event source mapping of each SQS one (same key).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class Runtime:
         self._ids = itertools.count()
         self._pending: dict[int, tuple[Connection, Future]] = {}
         self._exited = False  # the current process's pipe has closed
+        self.sqs_sources: dict[str, SqsSource] = {}
         self.functions = self._start()
 
     @property
@@ -108,7 +112,8 @@ class Runtime:
         threading.Thread(
             target=self._read_answers, args=(connection,), name="localgw-runtime-reader", daemon=True
         ).start()
-        return {route: LambdaFunction(**fields, handler=None) for route, fields in payload.items()}
+        self.sqs_sources = {key: SqsSource(**fields) for key, fields in payload["sqs"].items()}
+        return {key: LambdaFunction(**fields, handler=None) for key, fields in payload["functions"].items()}
 
     def invoke(self, function: LambdaFunction, event: dict, *, timeout_seconds: float) -> Future:
         future: Future = Future()
@@ -240,6 +245,8 @@ def _serve(
         project = read_config(Path(project_dir), chalice_stage)
         app = import_app(Path(project_dir))
         functions = websocket_functions(app, project, region=region)
+        sqs = sqs_functions(app, project, region=region)
+        functions.update({key: function for key, (function, _) in sqs.items()})
         rest_api = None
         if app.routes:
             functions[rest.ROUTE_KEY] = rest_function(project, region=region)
@@ -255,7 +262,8 @@ def _serve(
         }
         for route, function in functions.items()
     }
-    connection.send(("ready", metadata))
+    sources = {key: dataclasses.asdict(source) for key, (_, source) in sqs.items()}
+    connection.send(("ready", {"functions": metadata, "sqs": sources}))
     sending = threading.Lock()
 
     def run(invocation: int, name: str, event: dict, timeout_seconds: float) -> None:

@@ -15,6 +15,10 @@ Messages are JSON objects ``{"do": <command>, ...}``:
 - ``late``: sleeps ``seconds``, prints ``late done``, then raises when ``fail`` (a handler past its timeout)
 - ``print``: prints ``lines`` JSON log lines of ``size`` characters and one plain line (``plain``)
 
+``fixture_worker`` (``@app.on_sqs_message``, queue ``fixture-jobs``, batches of 3) records its event and
+acts on each record's body: ``ok``; ``fail`` (named in ``batchItemFailures``); ``fail-once`` (named on its
+first receive only); ``raise-once`` (the whole invocation raises on that record's first receive).
+
 ``$connect`` refuses with ``?reject=<status>`` (body ``{"message": <message>}`` with ``&message=``),
 raises with ``?raise=1``, sleeps with ``?sleep=<s>`` (printing ``connect sleeps``), selects the subprotocol ``?select=<name>``.
 """
@@ -43,6 +47,7 @@ def _record(kind, event, context):
     line = json.dumps(
         {
             "kind": kind,
+            "received_ms": int(time.time() * 1000),
             "event": event.to_dict(),
             "context": {
                 "aws_request_id": context.aws_request_id,
@@ -153,6 +158,19 @@ def disconnect(event):
     _record("disconnect", event, event.context)
     with _lock:
         _connections.discard(event.connection_id)
+
+
+@app.on_sqs_message(queue="fixture-jobs", batch_size=3, name="fixture_worker")
+def fixture_worker(event):
+    _record("sqs", event, event.context)
+    failures = []
+    for record in event.to_dict()["Records"]:
+        first = record["attributes"]["ApproximateReceiveCount"] == "1"
+        if record["body"] == "raise-once" and first:
+            raise RuntimeError("worker failed on purpose")
+        if record["body"] == "fail" or (record["body"] == "fail-once" and first):
+            failures.append({"itemIdentifier": record["messageId"]})
+    return {"batchItemFailures": failures}
 
 
 @app.route("/items/{name}", methods=["GET", "PUT"])
