@@ -565,6 +565,7 @@ def test_the_fanout_queue_is_encrypted_redrives_to_a_dead_letter_queue_and_outla
     # AWS's guidance for a Lambda event source: at least 6x the function's timeout
     assert queue["VisibilityTimeout"] >= 6 * resources["FanoutWorker"]["Properties"]["Timeout"]
     assert queue["MessageRetentionPeriod"] == 2 * 3600  # API Gateway's longest connection
+    assert queue["MaximumMessageSize"] == 256 * 1024, "what a job may weigh (chalicelib/jobs.py)"
     assert dead["MessageRetentionPeriod"] == 14 * 24 * 3600
     for name, props in (("FanoutQueue", queue), ("FanoutDeadLetterQueue", dead)):
         assert props["SqsManagedSseEnabled"] is True, name
