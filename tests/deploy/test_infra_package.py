@@ -594,7 +594,7 @@ def test_the_worker_reads_this_stacks_queue_reporting_partial_batch_failures_at_
     assert event["Type"] == "SQS"
     # Fn::Sub replaces chalice's ARN of the decorator's queue name, key for key
     assert event["Properties"]["Queue"] == {"Fn::Sub": "${FanoutQueue.Arn}"}
-    assert event["Properties"]["BatchSize"] == 10
+    assert event["Properties"]["BatchSize"] == 1, "one job an invocation: jobs run side by side"
     assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert event["Properties"]["ScalingConfig"] == {
         "MaximumConcurrency": {"Ref": "FanoutWorkerMaximumConcurrency"}
