@@ -58,6 +58,10 @@ CHALICE ?= $(VENV)/bin/chalice
 CHECKOV_VENV ?= .venv-checkov
 # Replication group id and ElastiCache user prefix: unique per account and region, lowercase.
 cache ?= $(shell echo '$(stack)' | tr '[:upper:]' '[:lower:]')
+# The queue app.py's fanout_worker reads on the chalice deploy path (`chalice deploy` finds it by name).
+FANOUT_QUEUE := ws-broadcast-fanout
+# Most concurrent fanout_worker invocations on the chalice deploy path (the template's FanoutWorkerMaximumConcurrency).
+worker_concurrency ?= 10
 # The SSM SecureString with the HS256 secret (the template's AuthJwtSecretParameter).
 secret ?= /ws-broadcast/prod/jwt-secret
 MERGE_TEMPLATE := $(BUILD)/merge-template.json
@@ -124,7 +128,7 @@ destroy:
 ## .chalice/config.json (stage $(STAGE)); then: make chalice-deploy
 network:
 	@test -n "$(stack)" || { echo "make network: stack is missing: make network stack=<stack name for the network and cache>" >&2; exit 2; }
-	$(AWS) cloudformation deploy --template-file infra/network.yaml --stack-name $(stack) --parameter-overrides CacheName=$(cache) $(params) --no-fail-on-empty-changeset
+	$(AWS) cloudformation deploy --template-file infra/network.yaml --stack-name $(stack) --parameter-overrides CacheName=$(cache) FanoutQueueName=$(FANOUT_QUEUE) $(params) --no-fail-on-empty-changeset
 	$(MAKE) --no-print-directory chalice-config stack=$(stack)
 	@echo "next: make chalice-deploy"
 
@@ -136,9 +140,11 @@ chalice-config:
 	$(AWS) cloudformation describe-stacks --stack-name $(stack) --output json > $(BUILD)/stack-$(stack).json
 	$(PY) scripts/write_chalice_config.py --describe-stacks $(BUILD)/stack-$(stack).json --stage $(STAGE)
 
-## make chalice-deploy: `chalice deploy --stage $(STAGE)` with the same AWS_PROFILE / AWS_DEFAULT_REGION; then
-## api_handler gets the WebSocket API's id (known only now) and the policy is narrowed to it, by a second deploy.
+## make chalice-deploy [worker_concurrency=N]: `chalice deploy --stage $(STAGE)` with the same AWS_PROFILE /
+## AWS_DEFAULT_REGION; then api_handler gets the WebSocket API's id (known only now) and the policy is
+## narrowed to it, by a second deploy; the worker's event source mapping gets partial batch
+## failures and its maximum concurrency.
 chalice-deploy:
 	scripts/bootstrap python
 	$(PY) scripts/lambda_runtime.py
-	$(STACK_STEP) chalice-deploy --stage $(STAGE)
+	$(STACK_STEP) chalice-deploy --stage $(STAGE) --worker-max-concurrency $(worker_concurrency)

@@ -51,7 +51,9 @@ def disconnect(event: WebsocketEvent) -> dict:
         return broadcaster().disconnect(gateway_event)
 
 
-@app.on_sqs_message(queue="ws-broadcast-fanout", batch_size=10, name="fanout_worker")
+# One job an invocation: each is up to FANOUT_INLINE_MAX posts, so jobs run side by side in as many
+# workers as the mapping's maximum concurrency allows, and a backlog waits in the queue, not in a batch.
+@app.on_sqs_message(queue="ws-broadcast-fanout", batch_size=1, name="fanout_worker")
 def fanout_worker(event: SQSEvent) -> dict:
     """Delivers queued broadcasts' jobs; the jobs to retry are reported, so SQS retries only those."""
     context = event.context

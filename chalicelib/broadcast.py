@@ -17,7 +17,7 @@ import boto3
 
 from chalicelib import envelope
 from chalicelib.auth import Gatekeeper, Refused, TokenVerifier
-from chalicelib.fanout import DeliveryReport, Fanout, PostPacer
+from chalicelib.fanout import NEVER_POSTED, DeliveryReport, Fanout, PostPacer
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.jobs import InvalidJob, Job, JobQueue
 from chalicelib.log import logger, publish_key
@@ -351,11 +351,16 @@ class Broadcaster:
         api = self._management_apis.for_event(job.api_id, job.stage)
         pacer = PostPacer(self._lease, chunk=self._lease_chunk, clock=self._clock, sleep=self._sleep)
         report = self._fanout.deliver(pacer.paced(api.post_many), job.payload, mine, deadline=deadline)
-        undelivered = list(report.failed)
-        again = bool(undelivered) and job.attempt < MAX_JOB_ATTEMPTS
-        sent_again = again and self._send_jobs(
-            job.for_recipients(undelivered, attempt=job.attempt + 1, most=self._inline_max), "retry"
-        )
+        # Recipients never posted to (the deadline came first, or the budget's turn did not) go again
+        # as the same attempt; those tried and failed go again as the next, up to MAX_JOB_ATTEMPTS.
+        untried = [member for member, reason in report.failed.items() if reason in NEVER_POSTED]
+        tried = [member for member, reason in report.failed.items() if reason not in NEVER_POSTED]
+        retried = [] if job.attempt >= MAX_JOB_ATTEMPTS else tried
+        again = [
+            *job.for_recipients(untried, attempt=job.attempt, most=self._inline_max),
+            *job.for_recipients(retried, attempt=job.attempt + 1, most=self._inline_max),
+        ]
+        sent_again = not again or self._send_jobs(again, "retry")
         try:
             self._registry.forget([*report.gone, *snapshot.stale], job.channel)
         except RegistryUnavailable:
@@ -372,12 +377,12 @@ class Broadcaster:
                 "failed": len(report.failed),
                 "stale": len(snapshot.stale),
                 "handed_on": len(rest),
-                "queued_again": len(undelivered) if sent_again else 0,
-                "given_up": 0 if again else len(undelivered),
+                "queued_again": sum(len(retry.recipients) for retry in again) if sent_again else 0,
+                "given_up": len(tried) - len(retried),
                 "elapsed_ms": round((self._clock() - started) * 1000, 1),
             },
         )
-        if again and not sent_again:
+        if not sent_again:
             logger.warning(
                 "the job is retried whole: its delivered recipients may receive it twice",
                 extra={"delivered": report.delivered},

@@ -29,6 +29,9 @@ PostMany = Callable[[Sequence[str], bytes, float], list[DeliveryError | None]]
 
 DEADLINE_EXCEEDED = "deadline exceeded"
 _BUDGET_DEADLINE = "deadline exceeded waiting for the post budget"
+_NOT_STARTED = "deadline exceeded before it was posted"
+# Outcomes of recipients that were certainly not posted to: sending to them again is no retry.
+NEVER_POSTED = frozenset({_BUDGET_DEADLINE, _NOT_STARTED})
 _GONE = "gone"  # the outcome of a 410; every other failure's outcome is its status and reason
 # Chosen by measurement against 1 and 8 (bench/README.md).
 POSTS_PER_THREAD = 4
@@ -123,12 +126,21 @@ class Fanout:
         return f"{_outcome(failure)} after {attempts} attempts"
 
 
+class NotPosted(DeliveryError):
+    """A post the pacer held back past the deadline: it never left."""
+
+    def __init__(self, connection_id: str) -> None:
+        super().__init__(connection_id, None, _BUDGET_DEADLINE)
+
+
 def _outcome(failure: DeliveryError | None) -> str | None:
     """None when delivered, ``_GONE`` for a 410, else the reason to log."""
     if failure is None:
         return None
     if isinstance(failure, Gone):
         return _GONE
+    if isinstance(failure, NotPosted):
+        return _BUDGET_DEADLINE
     return f"{failure.status or 'no answer'} {failure.reason}"
 
 
@@ -164,8 +176,10 @@ class _Delivery:
     def report(self) -> DeliveryReport:
         """The outcomes so far; whatever is still pending or in flight counts as failed by the deadline."""
         with self._lock:
-            for connection_id in [*self._in_flight, *self._pending]:
+            for connection_id in self._in_flight:
                 self._report.failed[connection_id] = DEADLINE_EXCEEDED
+            for connection_id in self._pending:
+                self._report.failed[connection_id] = _NOT_STARTED
             self._in_flight.clear()
             self._pending.clear()
             return DeliveryReport(
@@ -207,13 +221,14 @@ class PostPacer:
         def post_when_allowed(
             batch: Sequence[str], payload: bytes, deadline: float
         ) -> list[DeliveryError | None]:
-            if self._acquire(len(batch), deadline):
-                return post_many(batch, payload, deadline)
-            return [DeliveryError(connection_id, None, _BUDGET_DEADLINE) for connection_id in batch]
+            allowed = self._acquire(len(batch), deadline)
+            posted = post_many(batch[:allowed], payload, deadline) if allowed else []
+            return [*posted, *(NotPosted(connection_id) for connection_id in batch[allowed:])]
 
         return post_when_allowed
 
-    def _acquire(self, count: int, deadline: float) -> bool:
+    def _acquire(self, count: int, deadline: float) -> int:
+        """How many of ``count`` posts may go: all, or what the budget gave before the deadline."""
         with self._lock:  # one thread asks the budget; the others wait for what it brings
             while self._held < count:
                 granted, wait = self._lease(max(self._chunk, count - self._held))
@@ -222,7 +237,8 @@ class PostPacer:
                     continue
                 pause = min(max(wait, 0.001), _LEASE_RETRY_CAP_SECONDS)
                 if self._clock() + pause >= deadline:
-                    return False
+                    break
                 self._sleep(pause)
-            self._held -= count
-            return True
+            allowed = min(count, self._held)
+            self._held -= allowed
+            return allowed

@@ -1,6 +1,7 @@
 """The connection registry: the only module that knows how connections are kept in Redis.
 
-Data model, all keys under one cluster hash tag ``{PREFIX}`` (one slot, so one script sees them all):
+Data model, with one shard (the default) all keys under one cluster hash tag ``{PREFIX}`` (one slot,
+so one script sees them all):
 
     {PREFIX}:connections   hash: connection id -> "connectedAt" or "connectedAt:principal key"
     {PREFIX}:ch:<channel>  hash: member connection id -> "connectedAt" (one per channel)
@@ -19,8 +20,16 @@ Every event is a single round trip (one script, or one command):
     ping, subscribe, unsubscribe   EVALSHA message (the same script, another mode; no read)
     afterwards   HDEL of the gone and stale ids, only when there are any
 
-All keys share one slot because a publish's limits and its audience must be decided in one script;
-spreading channels over slots (and the registry over shards) is the sharded registry's job.
+With one shard, all keys share one slot, so a publish's limits and its audience are decided in one
+script. An audience larger than the inline max (queued fan-out) is counted, not read: the script
+answers ``Queued`` and the queue's workers read it, a shard at a time (``read_shard``).
+
+With ``shards`` > 1 (``REGISTRY_SHARDS``), a connection id's CRC-32 picks its shard ``k``, and every key
+about it (its entry, its channel memberships, its hash, its rate) has the tag ``{PREFIX:k}``: one slot
+per shard, so connect, disconnect, ping, subscribe and unsubscribe are still one script. The post
+budget stays at ``{PREFIX}:posts``. A publish is then: the sender's checks (the message script, mode
+``check``), the audience's size (HLEN of each shard's key, one pipeline), the budget (the budget
+script), the read (HGETALL of each shard with members, one pipeline).
 
 ``$disconnect`` is best effort, so an entry can outlive its connection. API Gateway closes every
 connection at 2 hours (``max_age_seconds``), so an entry (in the registry or in a channel) at least

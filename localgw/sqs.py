@@ -156,9 +156,9 @@ class EventSourceMapping:
         if len(to_delete) < len(records):
             outcome += f"; {len(records) - len(to_delete)} return after the visibility timeout"
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._line("sqs", self.function.name, f"{outcome} {elapsed_ms:.1f} ms")
         if to_delete:
             self._delete(to_delete)
+        self._line("sqs", self.function.name, f"{outcome} {elapsed_ms:.1f} ms")  # after: the queue shows it
 
     def _delete(self, records: list[dict]) -> None:
         for start in range(0, len(records), MAX_BATCH_ENTRIES):

@@ -5,7 +5,8 @@
     scripts/aws_stack.py check-bucket BUCKET        fail unless BUCKET is in the current region
     scripts/aws_stack.py secret NAME                a random HS256 secret as an SSM SecureString
     scripts/aws_stack.py endpoint STACK [--stage S] the wss:// and POST /publish URLs, and first commands
-    scripts/aws_stack.py chalice-deploy [--stage S]  chalice deploy, then again with the WebSocket API's id
+    scripts/aws_stack.py chalice-deploy [--stage S] [--worker-max-concurrency N]
+                                                    chalice deploy, then again with the WebSocket API's id
     scripts/aws_stack.py destroy STACK [--stage S] [--bucket B] [--secret NAME]
 
 Every call goes to the `aws` named by $AWS (default `aws`) with the caller's environment, so
@@ -136,11 +137,13 @@ def endpoints(stack: str, stage: str) -> tuple[str, str]:
     )
 
 
-def chalice_deploy(stage: str, log_retention_days: int) -> None:
+def chalice_deploy(stage: str, log_retention_days: int, worker_max_concurrency: int) -> None:
     """`chalice deploy`; the WebSocket API's id exists only then, so api_handler (POST /publish) gets it
-    and the policy is narrowed to that API, applied by a second deploy (only when they changed).
-    chalice names api_handler's log group after a function name it does not use (chalice 1.34), so
-    the group Lambda writes to gets its retention here."""
+    and the policy is narrowed to that API, applied by a second deploy (only when they changed). chalice names api_handler's log group after a function name it does not use
+    (chalice 1.34), so the group Lambda writes to gets its retention here. chalice cannot ask for
+    partial batch failures on the worker's event source mapping: without them Lambda deletes a whole
+    batch whenever the worker returns, failed jobs included; so they are set here, with its maximum
+    concurrency (chalice's later updates of the mapping send neither, so both stay)."""
     chalice = os.environ.get("CHALICE", "chalice")
     for attempt in range(2):
         print(f"+ {chalice} deploy --stage {stage}", file=sys.stderr, flush=True)
@@ -160,6 +163,19 @@ def chalice_deploy(stage: str, log_retention_days: int) -> None:
         str(log_retention_days),
         parse=False,
     )
+    for mapping in (r for r in deployed_state(stage)["resources"] if r.get("resource_type") == "sqs_event"):
+        aws(
+            "lambda",
+            "update-event-source-mapping",
+            "--uuid",
+            mapping["event_uuid"],
+            "--function-response-types",
+            "ReportBatchItemFailures",
+            "--scaling-config",
+            f"MaximumConcurrency={worker_max_concurrency}",
+            "--output",
+            "json",
+        )
 
 
 def wait_for_network_interfaces(security_group: str) -> None:
@@ -189,7 +205,11 @@ def delete_chalice_app(stage: str) -> None:
     state = deployed_state(stage)
     if state is None:
         return
-    functions = [r["lambda_arn"].split(":")[-1] for r in state.get("resources", []) if r.get("lambda_arn")]
+    functions = [
+        r["lambda_arn"].split(":")[-1]
+        for r in state.get("resources", [])
+        if r.get("resource_type") == "lambda_function"  # an SQS event source names its function too
+    ]
     chalice = os.environ.get("CHALICE", "chalice")
     print(f"+ {chalice} delete --stage {stage}", file=sys.stderr, flush=True)
     subprocess.run([chalice, "delete", "--stage", stage], check=True)
@@ -231,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     deploy = steps.add_parser("chalice-deploy")
     deploy.add_argument("--stage", default="prod")
     deploy.add_argument("--log-retention-days", type=int, default=30)
+    deploy.add_argument("--worker-max-concurrency", type=int, default=10, help="2 at least (AWS's floor)")
     for name in ("endpoint", "destroy"):
         step = steps.add_parser(name)
         step.add_argument("stack")
@@ -252,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             print(publish_url)
             print(f"make publish url={publish_url}")
         elif args.step == "chalice-deploy":
-            chalice_deploy(args.stage, args.log_retention_days)
+            chalice_deploy(args.stage, args.log_retention_days, args.worker_max_concurrency)
         else:
             destroy(args.stack, args.stage, args.bucket, args.secret)
     except (StepError, subprocess.CalledProcessError) as error:

@@ -8,15 +8,18 @@
 For the stage it sets, and leaves everything else in the file as it was:
   - ``subnet_ids`` / ``security_group_ids`` from the outputs PrivateSubnetIds and FunctionSecurityGroupId,
     at the stage level if the stage sets them there, else on each function (the three WebSocket
-    handlers and api_handler, which serves POST /publish);
+    handlers, api_handler, which serves POST /publish, and fanout_worker);
   - ``environment_variables`` REDIS_URL, REDIS_AUTH, REDIS_IAM_USER_ID, REDIS_IAM_CACHE_NAME (and the
-    same names where a function overrides them, so no stale value wins);
+    same names where a function overrides them, so no stale value wins), and FANOUT_QUEUE_URL (output
+    FanoutQueueUrl) on the functions that enqueue broadcast jobs;
   - ``autogen_policy: false`` with ``iam_policy_file: policy-<stage>.json``, written next to the config:
     chalice's generated policy has neither ``elasticache:Connect`` (IAM authentication), nor a scoped
     ``execute-api:ManageConnections``, nor ``ssm:GetParameter`` on the stage's AUTH_JWT_SECRET_PARAMETER
     (granted on that one parameter; none when the stage verifies tokens with AUTH_JWKS_URL). The API
     does not exist yet when this runs, so the ManageConnections scope is this account and region (the
-    one-stack path, `make deploy`, scopes it to the API itself);
+    one-stack path, `make deploy`, scopes it to the API itself); and the fan-out queue (output
+    FanoutQueueArn): sending, and what the worker's event source mapping does with its role. This
+    one policy serves every function (the one-stack path gives each its own role);
   - ``log_retention_in_days`` (chalice then creates each function's log group with that retention, and
     `chalice delete` removes it) and websocket_message's ``reserved_concurrency``, as the template's
     LogRetentionDays and MessageReservedConcurrency do on the one-stack path.
@@ -34,7 +37,9 @@ import json
 import sys
 from pathlib import Path
 
-FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler")
+FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler", "fanout_worker")
+# The functions that enqueue broadcast jobs (sqs:SendMessage).
+ENQUEUERS = ("websocket_message", "api_handler", "fanout_worker")
 USABLE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
 REQUIRED_OUTPUTS = (
     "PrivateSubnetIds",
@@ -45,6 +50,8 @@ REQUIRED_OUTPUTS = (
     "RedisIamCacheName",
     "RedisReplicationGroupArn",
     "RedisIamUserArn",
+    "FanoutQueueUrl",
+    "FanoutQueueArn",
 )
 
 
@@ -122,6 +129,23 @@ def policy(
                 "Resource": [outputs["RedisReplicationGroupArn"], outputs["RedisIamUserArn"]],
             },
             *([read_secret] if secret else []),
+            {
+                "Sid": "EnqueueFanoutJobs",
+                "Effect": "Allow",
+                "Action": "sqs:SendMessage",
+                "Resource": outputs["FanoutQueueArn"],
+            },
+            {
+                "Sid": "ConsumeFanoutJobs",
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                    "sqs:ChangeMessageVisibility",
+                ],
+                "Resource": outputs["FanoutQueueArn"],
+            },
         ],
     }
 
@@ -208,6 +232,10 @@ def update_config(
             overridden[key] = env[key]
         for key in ("autogen_policy", "iam_policy_file", "log_retention_in_days"):
             function.pop(key, None)
+    for name in ENQUEUERS:
+        functions[name].setdefault("environment_variables", {})["FANOUT_QUEUE_URL"] = outputs[
+            "FanoutQueueUrl"
+        ]
     message = functions["websocket_message"]
     if message_reserved_concurrency:
         message["reserved_concurrency"] = message_reserved_concurrency

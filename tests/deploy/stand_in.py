@@ -7,7 +7,8 @@ so a test sees both the command and the account and region it would have reached
 - `s3api get-bucket-location`: $BUCKET_REGION, or the caller's region;
 - `ec2 describe-network-interfaces`: none left;
 - `chalice package ... OUT`: a template naming this Python's runtime, and a zip with app.py;
-- `chalice deploy --stage S`: .chalice/deployed/S.json as chalice writes it (both APIs, four functions); `chalice delete`: removes it.
+- `chalice deploy --stage S`: .chalice/deployed/S.json as chalice writes it (both APIs, five functions, the
+  worker's SQS event source); `chalice delete`: removes it.
 Everything else answers nothing and succeeds.
 """
 
@@ -68,6 +69,11 @@ _SCRIPT = textwrap.dedent(
                      for f in ("websocket_connect", "websocket_message", "websocket_disconnect")]
         # chalice names the REST API's function <app>-<stage>, without its resource name
         resources.append({{"name": "api_handler", "resource_type": "lambda_function", "lambda_arn": arn[:-1]}})
+        resources.append({{"name": "fanout_worker", "resource_type": "lambda_function", "lambda_arn": arn + "fanout_worker"}})
+        resources.append({{"name": "fanout_worker-sqs-event-source", "resource_type": "sqs_event",
+                           "queue_arn": "arn:aws:sqs:%s:123456789012:ws-broadcast-fanout" % region,
+                           "event_uuid": "0c1d2e3f-4a5b-6c7d-8e9f-0a1b2c3d4e5f", "queue": "ws-broadcast-fanout",
+                           "lambda_arn": arn + "fanout_worker"}})
         resources.append({{"name": "rest_api", "resource_type": "rest_api", "rest_api_id": "rest456hij",
                            "rest_api_url": {publish!r}.format(region=region)[:-len("publish")]}})
         resources.append({{"name": "websocket_api", "resource_type": "websocket_api", "websocket_api_id": "abc123defg",

@@ -63,6 +63,7 @@ def test_infra_overrides_touch_only_resources_chalice_generates():
         "WebsocketAPIStage",
         "APIHandler",
         "RestAPI",
+        "FanoutWorker",
     }
     added = {name: r["Type"] for name, r in app["Resources"].items() if name not in overrides}
     assert added == {
@@ -73,6 +74,9 @@ def test_infra_overrides_touch_only_resources_chalice_generates():
         "WebsocketDisconnectLogGroup": "AWS::Logs::LogGroup",
         "WebsocketAccessLogGroup": "AWS::Logs::LogGroup",
         "ApiGatewayCloudWatchRole": "AWS::IAM::Role",
+        "FanoutWorkerLogGroup": "AWS::Logs::LogGroup",
+        "PublisherRole": "AWS::IAM::Role",
+        "FanoutWorkerRole": "AWS::IAM::Role",
         "ApiGatewayAccount": "AWS::ApiGateway::Account",
     }
     network = YAMLTemplateSerializer().load_template((ROOT / "infra" / "network.yaml").read_text())

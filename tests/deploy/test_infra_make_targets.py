@@ -137,7 +137,11 @@ def test_network_deploys_the_network_stack_and_writes_the_chalice_config(sandbox
     assert deploy[:3] == ["aws", "cloudformation", "deploy"]
     assert _option(deploy, "--template-file") == "infra/network.yaml"
     assert _option(deploy, "--stack-name") == "ws-net"
-    assert _option(deploy, "--parameter-overrides") == "CacheName=ws-net"
+    overrides = deploy[
+        deploy.index("--parameter-overrides") + 1 : deploy.index("--no-fail-on-empty-changeset")
+    ]
+    # the queue chalice deploy connects the worker to, by the name app.py gives it
+    assert overrides == ["CacheName=ws-net", f"FanoutQueueName={_worker_queue_name()}"]
     assert "--capabilities" not in deploy  # the network stack creates no IAM resources
     assert describe == [
         "aws",
@@ -152,6 +156,27 @@ def test_network_deploys_the_network_stack_and_writes_the_chalice_config(sandbox
     assert config["stages"]["prod"]["environment_variables"]["REDIS_AUTH"] == "iam"
     assert (work / ".chalice" / "policy-prod.json").exists()
     assert "next: make chalice-deploy" in result.stdout
+
+
+def _worker_queue_name() -> str:
+    from app import app
+
+    (source,) = [s for s in app.event_sources if s.name == "fanout_worker"]
+    return source.queue
+
+
+def test_chalice_deploy_asks_for_partial_batch_failures_on_the_workers_queue(sandbox):
+    """chalice cannot: without them Lambda deletes a whole batch when the worker returns, failed jobs
+    included."""
+    _, make, calls = sandbox
+    assert make("chalice-deploy", "worker_concurrency=7").returncode == 0
+    (update,) = [call for call in calls() if call[1:3] == ["lambda", "update-event-source-mapping"]]
+    assert _option(update, "--uuid") == "0c1d2e3f-4a5b-6c7d-8e9f-0a1b2c3d4e5f"  # chalice's record of it
+    assert _option(update, "--function-response-types") == "ReportBatchItemFailures"
+    assert _option(update, "--scaling-config") == "MaximumConcurrency=7"
+    assert calls().index(update) > max(
+        i for i, call in enumerate(calls()) if call[:2] == ["chalice", "deploy"]
+    )
 
 
 def test_network_refuses_without_stack(sandbox):
@@ -253,6 +278,8 @@ def test_destroy_removes_the_chalice_app_and_waits_for_its_network_interfaces_be
         ),
         # api_handler's function is <app>-<stage>
         ["aws", "logs", "delete-log-group", "--log-group-name", "/aws/lambda/ws-broadcast-prod"],
+        ["aws", "logs", "delete-log-group", "--log-group-name", "/aws/lambda/ws-broadcast-prod-fanout_worker"],
+        # chalice delete removed the worker's event source mapping; the queues go with the network stack.
         # the functions' security group must have no network interface left before its stack goes
         ["aws", "ec2", "describe-network-interfaces", "--filters", "Name=group-id,Values=sg-0f60718293a4b5c63",
          "--output", "json"],
@@ -307,6 +334,13 @@ AWS_CLI_OPTIONS = {
     ("logs", "create-log-group"): {"--log-group-name", "--kms-key-id", "--tags", "--log-group-class"},
     ("logs", "put-retention-policy"): {"--log-group-name", "--retention-in-days"},
     ("ec2", "describe-network-interfaces"): {"--filters", "--network-interface-ids", "--dry-run"},
+    ("lambda", "update-event-source-mapping"): {
+        "--uuid", "--function-name", "--enabled", "--no-enabled", "--batch-size", "--filter-criteria",
+        "--maximum-batching-window-in-seconds", "--destination-config", "--maximum-record-age-in-seconds",
+        "--bisect-batch-on-function-error", "--no-bisect-batch-on-function-error", "--maximum-retry-attempts",
+        "--parallelization-factor", "--source-access-configurations", "--tumbling-window-in-seconds",
+        "--function-response-types", "--scaling-config", "--kms-key-arn",
+    },
 }  # fmt: skip
 GLOBAL_OPTIONS = {"--output", "--region", "--profile", "--query", "--no-paginate", "--debug"}
 

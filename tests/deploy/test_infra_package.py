@@ -20,8 +20,18 @@ pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
-# The three WebSocket handlers and APIHandler, the REST API's function (POST /publish).
-FUNCTIONS = ("WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "APIHandler")
+# The three WebSocket handlers, APIHandler, the REST API's function (POST /publish), and the broadcast worker.
+FUNCTIONS = ("WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "APIHandler", "FanoutWorker")
+# Each function's role: what it does, no more (infra/app.yaml).
+ROLES = {
+    "WebsocketConnect": "DefaultRole",
+    "WebsocketDisconnect": "DefaultRole",
+    "WebsocketMessage": "PublisherRole",
+    "APIHandler": "PublisherRole",
+    "FanoutWorker": "FanoutWorkerRole",
+}
+ENQUEUERS = ("WebsocketMessage", "APIHandler", "FanoutWorker")
+QUEUE_ARN = {"Fn::GetAtt": ["FanoutQueue", "Arn"]}
 PRIVATE_SUBNETS = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
 FUNCTION_SG = {"Fn::GetAtt": ["FunctionSecurityGroup", "GroupId"]}
 CACHE_SG = {"Fn::GetAtt": ["CacheSecurityGroup", "GroupId"]}
@@ -144,12 +154,15 @@ def test_the_publish_function_is_sized_like_the_message_function_within_the_rest
         assert (props["MemorySize"], props["Timeout"]) == (1024, 28), function
 
 
-def test_every_function_runs_as_the_one_scoped_role(resources):
-    for function in FUNCTIONS:
-        assert resources[function]["Properties"]["Role"] == {"Fn::GetAtt": ["DefaultRole", "Arn"]}, function
+def test_every_function_runs_as_the_scoped_role_of_what_it_does(resources):
+    for function, role in ROLES.items():
+        assert resources[function]["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}, function
     roles = _of_type(resources, "AWS::IAM::Role")
-    assert set(roles) == {"DefaultRole", "ApiGatewayCloudWatchRole"}
-    assert "ManagedPolicyArns" not in resources["DefaultRole"]["Properties"]
+    assert set(roles) == set(ROLES.values()) | {"ApiGatewayCloudWatchRole"}
+    for role in set(ROLES.values()):
+        assert "ManagedPolicyArns" not in resources[role]["Properties"]
+        (statement,) = resources[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
 
 
 def test_the_publish_url_output_is_the_rest_route(template):
@@ -303,10 +316,10 @@ def test_cache_authenticates_the_app_with_iam_and_nobody_anonymously(resources):
 
 
 # ------------------------------------------------------------------------------------------ IAM
-def _statements(resources: dict) -> list[dict]:
+def _statements(resources: dict, role: str = "DefaultRole") -> list[dict]:
     """The role's statements as deployed with the default parameters (no JWKS URL: the SSM grant's
     ``Fn::If [UseJwks, AWS::NoValue, statement]`` is its statement)."""
-    (policy,) = resources["DefaultRole"]["Properties"]["Policies"]
+    (policy,) = resources[role]["Properties"]["Policies"]
     statements = policy["PolicyDocument"]["Statement"]
     return [s["Fn::If"][2] if "Fn::If" in s else s for s in statements]
 
@@ -316,8 +329,9 @@ def _actions(statement: dict) -> list[str]:
     return [action] if isinstance(action, str) else action
 
 
-def test_manage_connections_only_on_this_stacks_api(resources):
-    granting = [s for s in _statements(resources) if "execute-api:ManageConnections" in _actions(s)]
+@pytest.mark.parametrize("role", sorted(set(ROLES.values())))
+def test_manage_connections_only_on_this_stacks_api(resources, role):
+    granting = [s for s in _statements(resources, role) if "execute-api:ManageConnections" in _actions(s)]
     assert len(granting) == 1
     resource = granting[0]["Resource"]
     assert resource == {
@@ -329,8 +343,9 @@ def test_manage_connections_only_on_this_stacks_api(resources):
         assert node != POST_TO_WEBSOCKET_CONNECTION_POLICY["Resource"], f"chalice's wildcard left at {path}"
 
 
-def test_role_may_connect_to_this_cache_as_the_app_user_only(resources):
-    (statement,) = [s for s in _statements(resources) if "elasticache:Connect" in _actions(s)]
+@pytest.mark.parametrize("role", sorted(set(ROLES.values())))
+def test_role_may_connect_to_this_cache_as_the_app_user_only(resources, role):
+    (statement,) = [s for s in _statements(resources, role) if "elasticache:Connect" in _actions(s)]
     assert _actions(statement) == ["elasticache:Connect"]
     assert statement["Resource"] == [
         {
@@ -341,25 +356,34 @@ def test_role_may_connect_to_this_cache_as_the_app_user_only(resources):
     ]
 
 
-def test_role_keeps_every_other_permission_chalice_grants(resources):
+BASE_SIDS = {"Logs", "VpcNetworkInterfaces", "PostToThisApiConnections", "ConnectToTheCacheAsTheAppUser"}
+
+
+@pytest.mark.parametrize(
+    ("role", "sids"),
+    [
+        ("DefaultRole", BASE_SIDS | {"ReadTheJwtSecret"}),
+        ("PublisherRole", BASE_SIDS | {"ReadTheJwtSecret", "EnqueueFanoutJobs"}),
+        # the worker verifies no token: no SSM
+        ("FanoutWorkerRole", BASE_SIDS | {"EnqueueFanoutJobs", "ConsumeFanoutJobs"}),
+    ],
+)
+def test_role_keeps_every_other_permission_chalice_grants(resources, role, sids):
     # infra/app.yaml replaces chalice's policy list: nothing chalice needs may get lost.
-    granted = {action for s in _statements(resources) if s["Effect"] == "Allow" for action in _actions(s)}
+    granted = {
+        action for s in _statements(resources, role) if s["Effect"] == "Allow" for action in _actions(s)
+    }
     for statement in (CLOUDWATCH_LOGS, VPC_ATTACH_POLICY, POST_TO_WEBSOCKET_CONNECTION_POLICY):
         assert set(_actions(statement)) <= granted
-    assert {s.get("Sid") for s in _statements(resources)} == {
-        "Logs",
-        "VpcNetworkInterfaces",
-        "PostToThisApiConnections",
-        "ConnectToTheCacheAsTheAppUser",
-        "ReadTheJwtSecret",
-    }
-    for path, node in _walk(_statements(resources)):
+    assert {s.get("Sid") for s in _statements(resources, role)} == sids
+    for path, node in _walk(_statements(resources, role)):
         if path and path[-1] == "Action":
             assert "*" not in _actions({"Action": node}), f"wildcard action at {path}"
 
 
-def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(template, resources):
-    (policy,) = resources["DefaultRole"]["Properties"]["Policies"]
+@pytest.mark.parametrize("role", ["DefaultRole", "PublisherRole"])
+def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(template, resources, role):
+    (policy,) = resources[role]["Properties"]["Policies"]
     (conditional,) = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
     condition, when_jwks, statement = conditional["Fn::If"]
     assert condition == "UseJwks"
@@ -378,8 +402,10 @@ def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(temp
     parameter = template["Parameters"]["AuthJwtSecretParameter"]
     assert parameter["Default"] == "/ws-broadcast/prod/jwt-secret"
     assert parameter["AllowedPattern"].startswith("^/")
-    others = [s for s in _statements(resources) if s is not statement]
+    others = [s for s in _statements(resources, role) if s != statement]
     assert not [a for s in others for a in _actions(s) if a.startswith(("ssm:", "kms:"))]
+    worker = _statements(resources, "FanoutWorkerRole")
+    assert not [a for s in worker for a in _actions(s) if a.startswith(("ssm:", "kms:"))]
 
 
 def _deployed(value, template: dict):
@@ -455,7 +481,7 @@ def test_the_message_function_has_reserved_concurrency_and_the_others_none(templ
         "Fn::Not": [{"Fn::Equals": [{"Ref": "MessageReservedConcurrency"}, 0]}]
     }
     assert template["Parameters"]["MessageReservedConcurrency"]["Default"] > 0
-    for function in ("WebsocketConnect", "WebsocketDisconnect", "APIHandler"):
+    for function in ("WebsocketConnect", "WebsocketDisconnect", "APIHandler", "FanoutWorker"):
         assert "ReservedConcurrentExecutions" not in resources[function]["Properties"]
 
 
@@ -523,6 +549,161 @@ def test_every_function_and_the_access_log_have_a_log_group_with_retention(templ
         template["Parameters"]["LogRetentionDays"]["Default"]
         in (template["Parameters"]["LogRetentionDays"]["AllowedValues"])
     )
+
+
+# ------------------------------------------------------------------------------------------ fan-out queue
+def test_the_fanout_queue_is_encrypted_redrives_to_a_dead_letter_queue_and_outlasts_the_workers(
+    template, resources
+):
+    queues = _of_type(resources, "AWS::SQS::Queue")
+    assert set(queues) == {"FanoutQueue", "FanoutDeadLetterQueue"}
+    queue, dead = queues["FanoutQueue"]["Properties"], queues["FanoutDeadLetterQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["FanoutDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": 5,
+    }
+    # AWS's guidance for a Lambda event source: at least 6x the function's timeout
+    assert queue["VisibilityTimeout"] >= 6 * resources["FanoutWorker"]["Properties"]["Timeout"]
+    assert queue["MessageRetentionPeriod"] == 2 * 3600  # API Gateway's longest connection
+    assert queue["MaximumMessageSize"] == 256 * 1024, "what a job may weigh (chalicelib/jobs.py)"
+    assert dead["MessageRetentionPeriod"] == 14 * 24 * 3600
+    for name, props in (("FanoutQueue", queue), ("FanoutDeadLetterQueue", dead)):
+        assert props["SqsManagedSseEnabled"] is True, name
+        assert queues[name]["DeletionPolicy"] == "Delete", name  # make destroy leaves no queue behind
+
+
+def test_two_stacks_in_one_account_never_collide_on_a_queue_name(template, resources):
+    """One stack: CloudFormation names the queues; only `make network` names them (for chalice deploy)."""
+    assert template["Parameters"]["FanoutQueueName"]["Default"] == ""
+    assert template["Conditions"]["NameTheFanoutQueues"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "FanoutQueueName"}, ""]}]
+    }
+    assert resources["FanoutQueue"]["Properties"]["QueueName"] == {
+        "Fn::If": ["NameTheFanoutQueues", {"Ref": "FanoutQueueName"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert resources["FanoutDeadLetterQueue"]["Properties"]["QueueName"] == {
+        "Fn::If": ["NameTheFanoutQueues", {"Fn::Sub": "${FanoutQueueName}-dlq"}, {"Ref": "AWS::NoValue"}]
+    }
+
+
+def test_the_worker_reads_this_stacks_queue_reporting_partial_batch_failures_at_bounded_concurrency(
+    template, resources
+):
+    worker = resources["FanoutWorker"]["Properties"]
+    (event,) = worker["Events"].values()  # SAM makes it the event source mapping
+    assert event["Type"] == "SQS"
+    # Fn::Sub replaces chalice's ARN of the decorator's queue name, key for key
+    assert event["Properties"]["Queue"] == {"Fn::Sub": "${FanoutQueue.Arn}"}
+    assert event["Properties"]["BatchSize"] == 1, "one job an invocation: jobs run side by side"
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["Properties"]["ScalingConfig"] == {
+        "MaximumConcurrency": {"Ref": "FanoutWorkerMaximumConcurrency"}
+    }
+    parameter = template["Parameters"]["FanoutWorkerMaximumConcurrency"]
+    assert parameter["MinValue"] == 2  # AWS's floor
+    assert 2 <= parameter["Default"] <= parameter["MaxValue"] <= 1000
+    # no other event source reads any queue
+    assert not _of_type(resources, "AWS::Lambda::EventSourceMapping")
+    others = [f for f in FUNCTIONS if f != "FanoutWorker"]
+    assert not [f for f in others if resources[f]["Properties"].get("Events")]
+
+
+def test_the_worker_is_sized_for_its_jobs(resources):
+    worker = resources["FanoutWorker"]["Properties"]
+    assert (worker["MemorySize"], worker["Timeout"]) == (1024, 60)
+    assert "WEBSOCKET_API_ID" not in worker["Environment"]["Variables"]  # each job names its API
+
+
+def test_the_functions_that_enqueue_know_the_queue_and_every_function_the_shards(resources):
+    for function in FUNCTIONS:
+        env = resources[function]["Properties"]["Environment"]["Variables"]
+        assert env["REGISTRY_SHARDS"] == {"Ref": "RegistryShards"}, function
+        if function in ENQUEUERS:
+            assert env["FANOUT_QUEUE_URL"] == {"Ref": "FanoutQueue"}, function  # Ref of a queue: its URL
+        else:
+            assert "FANOUT_QUEUE_URL" not in env, function
+
+
+def _sqs_statements(resources: dict) -> dict[str, list[dict]]:
+    return {
+        role: [s for s in _statements(resources, role) if any(a.startswith("sqs:") for a in _actions(s))]
+        for role in set(ROLES.values())
+    }
+
+
+def test_sqs_permissions_name_only_the_fanout_queue(resources):
+    by_role = _sqs_statements(resources)
+    statements = [s for found in by_role.values() for s in found]
+    assert statements
+    for statement in statements:
+        assert statement["Resource"] == QUEUE_ARN, statement["Sid"]
+        assert statement["Effect"] == "Allow"
+        assert not [a for a in _actions(statement) if "*" in a], statement["Sid"]
+    # chalice's own grant (receive from every queue: Resource "*") is gone
+    for path, node in _walk(resources):
+        if isinstance(node, dict) and "Action" in node and node.get("Resource") == "*":
+            assert not [a for a in _actions(node) if a.startswith("sqs:")], f"sqs on * at {path}"
+
+
+def test_only_the_enqueuers_may_send_and_only_the_worker_may_consume(resources):
+    by_role = _sqs_statements(resources)
+    actions = {role: {a for s in found for a in _actions(s)} for role, found in by_role.items()}
+    assert actions == {
+        "DefaultRole": set(),  # $connect, $disconnect
+        "PublisherRole": {"sqs:SendMessage"},  # SendMessageBatch is authorized as SendMessage
+        "FanoutWorkerRole": {
+            "sqs:SendMessage",
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:ChangeMessageVisibility",
+        },
+    }
+    assert {ROLES[f] for f in ENQUEUERS} == {"PublisherRole", "FanoutWorkerRole"}
+
+
+def _alarm_actions(template: dict) -> dict:
+    parameter = template["Parameters"]["AlarmTopicArn"]
+    assert parameter["Default"] == ""
+    assert template["Conditions"]["NotifyAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
+    }
+    return {"Fn::If": ["NotifyAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+
+
+def test_one_dead_letter_message_raises_an_alarm(template, resources):
+    alarm = resources["FanoutDeadLetterAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["FanoutDeadLetterQueue", "QueueName"]}}
+    ]
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Maximum",
+        0,
+        "GreaterThanThreshold",
+    )
+    assert alarm["EvaluationPeriods"] == 1
+    assert alarm["AlarmActions"] == alarm["OKActions"] == _alarm_actions(template)
+
+
+def test_a_backlog_on_the_queue_raises_an_alarm(template, resources):
+    alarm = resources["FanoutBacklogAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateAgeOfOldestMessage")
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["FanoutQueue", "QueueName"]}}
+    ]
+    assert alarm["Threshold"] == {"Ref": "FanoutBacklogAlarmSeconds"}
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    # the alarm fires well before the queue drops a job (its retention)
+    threshold = template["Parameters"]["FanoutBacklogAlarmSeconds"]["Default"]
+    assert threshold < resources["FanoutQueue"]["Properties"]["MessageRetentionPeriod"]
+    assert alarm["AlarmActions"] == alarm["OKActions"] == _alarm_actions(template)
+
+
+def test_the_network_stack_outputs_what_chalice_deploy_needs_of_the_queue(template):
+    outputs = template["Outputs"]
+    assert outputs["FanoutQueueUrl"]["Value"] == {"Ref": "FanoutQueue"}
+    assert outputs["FanoutQueueArn"]["Value"] == QUEUE_ARN
 
 
 # ------------------------------------------------------------------------------------------ checkov

@@ -88,10 +88,12 @@ def test_the_network_and_chalice_path_from_secret_to_teardown(clone, tmp_path):
         ("chalice", "deploy", "--stage"),
         ("aws", "logs", "create-log-group"),  # api_handler's log group, with its retention
         ("aws", "logs", "put-retention-policy"),
+        ("aws", "lambda", "update-event-source-mapping"),  # the worker's partial batch failures
         ("aws", "cloudformation", "describe-stacks"),  # make endpoint
         ("aws", "cloudformation", "describe-stacks"),  # make destroy
         ("chalice", "delete", "--stage"),
         ("aws", "logs", "delete-log-group"),
+        ("aws", "logs", "delete-log-group"),  # five functions' log groups
         ("aws", "logs", "delete-log-group"),
         ("aws", "logs", "delete-log-group"),
         ("aws", "logs", "delete-log-group"),
@@ -105,6 +107,7 @@ def test_the_network_and_chalice_path_from_secret_to_teardown(clone, tmp_path):
     assert "https://rest456hij.execute-api.eu-west-1.amazonaws.com/api/publish" in out
     prod = json.loads((clone / ".chalice" / "config.json").read_text())["stages"]["prod"]
     assert prod["lambda_functions"]["api_handler"]["environment_variables"] == {
+        "FANOUT_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/ws-broadcast-fanout",
         "WEBSOCKET_API_ID": "abc123defg",
         "WEBSOCKET_API_STAGE": "api",
     }

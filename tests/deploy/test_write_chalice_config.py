@@ -19,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "write_chalice_config.py"
 FIXTURE = Path(__file__).parent / "fixtures" / "describe-stacks-network.json"
-FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler")
+FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler", "fanout_worker")
+QUEUE_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/ws-broadcast-fanout"
+QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:ws-broadcast-fanout"
 SUBNETS = ["subnet-0c3d4e5f607182930", "subnet-0d4e5f60718293a41"]
 FUNCTION_SG = "sg-0f60718293a4b5c63"
 
@@ -99,7 +101,13 @@ def test_writes_network_and_cache_settings_into_the_stage(chalice_dir):
     assert message["environment_variables"] == {
         "REDIS_URL": "rediss://master.ws-net.abcdef.euw1.cache.amazonaws.com:6379/0",
         "LOG_LEVEL": "INFO",
+        "FANOUT_QUEUE_URL": QUEUE_URL,
     }
+    # The functions that enqueue broadcast jobs know the network stack's queue; the others do not.
+    for name in ("api_handler", "fanout_worker"):
+        assert prod["lambda_functions"][name]["environment_variables"]["FANOUT_QUEUE_URL"] == QUEUE_URL
+    for name in ("websocket_connect", "websocket_disconnect"):
+        assert "FANOUT_QUEUE_URL" not in prod["lambda_functions"][name].get("environment_variables", {})
     assert message["lambda_memory_size"] == 1024
     assert message["lambda_timeout"] == 30
     assert prod["autogen_policy"] is False
@@ -177,6 +185,24 @@ def test_policy_file_scopes_the_role(chalice_dir):
         "Action": "ssm:GetParameter",
         "Resource": "arn:aws:ssm:eu-west-1:123456789012:parameter/ws-broadcast/prod/jwt-secret",
     }
+    # The fan-out queue: sending, and what the worker's event source mapping does, on that queue alone.
+    assert by_sid["EnqueueFanoutJobs"] == {
+        "Sid": "EnqueueFanoutJobs",
+        "Effect": "Allow",
+        "Action": "sqs:SendMessage",
+        "Resource": QUEUE_ARN,
+    }
+    assert by_sid["ConsumeFanoutJobs"]["Action"] == [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ChangeMessageVisibility",
+    ]
+    assert by_sid["ConsumeFanoutJobs"]["Resource"] == QUEUE_ARN
+    assert [s["Sid"] for s in policy["Statement"] if "sqs" in json.dumps(s)] == [
+        "EnqueueFanoutJobs",
+        "ConsumeFanoutJobs",
+    ]
 
 
 def test_a_stage_that_verifies_with_a_jwks_gets_no_ssm_access(chalice_dir):
@@ -265,7 +291,13 @@ def test_chalice_accepts_the_written_config(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     template = json.loads((tmp_path / "out" / "sam.json").read_text())
     functions = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
-    assert set(functions) == {"WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "APIHandler"}
+    assert set(functions) == {
+        "WebsocketConnect",
+        "WebsocketMessage",
+        "WebsocketDisconnect",
+        "APIHandler",
+        "FanoutWorker",
+    }
     for function in functions.values():
         props = function["Properties"]
         assert props["VpcConfig"] == {"SubnetIds": SUBNETS, "SecurityGroupIds": [FUNCTION_SG]}
@@ -273,9 +305,15 @@ def test_chalice_accepts_the_written_config(tmp_path):
         assert props["Environment"]["Variables"]["REDIS_IAM_CACHE_NAME"] == "ws-net"
     # chalice creates each function's log group with the retention (and `chalice delete` removes it)
     groups = [r for r in template["Resources"].values() if r["Type"] == "AWS::Logs::LogGroup"]
-    assert [g["Properties"]["RetentionInDays"] for g in groups] == [30, 30, 30, 30]
+    assert [g["Properties"]["RetentionInDays"] for g in groups] == [30] * len(functions)
     handler = functions["APIHandler"]["Properties"]  # POST /publish, sized as websocket_message
     assert (handler["MemorySize"], handler["Timeout"]) == (1024, 28)
+    # chalice deploy connects the worker to the network stack's queue, found by the name it was given
+    worker = functions["FanoutWorker"]["Properties"]
+    (source,) = worker["Events"].values()
+    assert source["Properties"]["Queue"]["Fn::Sub"].endswith(":ws-broadcast-fanout")
+    assert QUEUE_ARN.endswith(":ws-broadcast-fanout")
+    assert worker["Environment"]["Variables"]["FANOUT_QUEUE_URL"] == QUEUE_URL
     assert [p["Properties"].get("ReservedConcurrentExecutions") for p in functions.values()].count(100) == 1
     written = json.loads((project / ".chalice" / "policy-prod.json").read_text())
     for function in functions.values():
@@ -316,6 +354,7 @@ def test_after_a_deploy_the_publish_function_gets_the_websocket_api_and_the_poli
     assert first.returncode == 0, first.stderr
     prod = json.loads((chalice_dir / "config.json").read_text())["stages"]["prod"]
     assert prod["lambda_functions"]["api_handler"]["environment_variables"] == {
+        "FANOUT_QUEUE_URL": QUEUE_URL,
         "WEBSOCKET_API_ID": "abc123defg",
         "WEBSOCKET_API_STAGE": "api",
     }

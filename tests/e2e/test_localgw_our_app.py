@@ -203,3 +203,27 @@ def test_make_run_serves_our_app_and_stops_cleanly(tmp_path, wscat_available):
         # AND Ctrl-C (SIGINT to the process group, as a terminal sends it) stops it
         gw.stop(signal.SIGINT)
     gw.wait_for("localgw: stopped")
+
+
+def test_a_broadcast_past_the_inline_max_goes_through_the_queue_and_the_worker(tmp_path, wscat_available):
+    # GIVEN make run's configuration with a publish delivered inline only up to 2 recipients
+    gw = GatewayProcess(project_dir=None, tmp_path=tmp_path, env={"FANOUT_INLINE_MAX": "2"})
+    try:
+        assert re.search(r"ws-broadcast-fanout", gw.output()), "the worker's queue is emulated"
+        clients = open_wscats(gw, 4)
+        sender, *others = clients
+        try:
+            # WHEN one publishes to the 3 others
+            mark = gw.mark()
+            sender.send('{"type": 5, "data": "queued"}')
+            # THEN the worker delivers it to each of them (the sender's invocation posted nothing)
+            for client in others:
+                assert json.loads(client.received(0))["data"] == "queued"
+            gw.wait_for(r"sqs\s+fanout_worker .*1 record", after=mark)
+            assert not re.search(r"POST @conn.* (4\d\d|5\d\d)", "\n".join(gw.lines[mark:]))
+            assert sender.out.lines == []
+        finally:
+            for client in clients:
+                client.close()
+    finally:
+        gw.stop()

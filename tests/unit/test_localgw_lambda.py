@@ -68,8 +68,14 @@ def test_status_is_read_as_api_gateway_reads_a_proxy_response(response, status):
 def test_config_environment_merges_top_level_stage_and_per_function_variables():
     config = project.read_config(FIXTURE_APP, "dev")
     assert config.app_name == "localgw-fixture"
-    assert config.environment == {"FIXTURE_TOP": "top", "FIXTURE_STAGE": "dev", "FIXTURE_FN": "message"}
+    assert config.environment == {
+        "FIXTURE_TOP": "top",
+        "FIXTURE_STAGE": "dev",
+        "FIXTURE_FN": "message",
+        "FIXTURE_WORKER": "worker",  # an @app.on_sqs_message function's own block
+    }
     assert config.scoped("websocket_message").lambda_timeout == 5
+    assert config.scoped("fixture_worker").lambda_timeout == 10
     assert config.scoped("websocket_connect").lambda_timeout is None  # Chalice's default applies
     other_stage = project.read_config(FIXTURE_APP, "prod")
     assert other_stage.environment == {"FIXTURE_TOP": "top", "FIXTURE_STAGE": "top"}

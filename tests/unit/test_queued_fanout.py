@@ -15,7 +15,7 @@ import pytest
 from chalicelib.auth import Gatekeeper
 from chalicelib.broadcast import MAX_JOB_ATTEMPTS, Broadcaster
 from chalicelib.fanout import Fanout
-from chalicelib.jobs import JobQueue
+from chalicelib.jobs import Job, JobQueue
 from chalicelib.management_api import DeliveryError
 from chalicelib.registry import ConnectionRegistry, Limits, RegistryUnavailable
 from tests.unit.test_broadcaster import InMemoryApi, join, say
@@ -202,3 +202,25 @@ def test_a_queued_backend_publish_is_accepted_with_its_id(api, queue):
     assert status == 202 and body["recipients"] == 8 and len(body["queued"]) == 32
     queue.drain(broadcaster)
     assert sum(len(inbox) for inbox in api.inbox.values()) == 8
+
+
+def test_recipients_the_budget_held_back_past_the_deadline_go_again_as_the_same_attempt(api, queue, json_log):
+    # GIVEN a budget of one post a second, and a worker with half a second before its deadline
+    broadcaster = queued_broadcaster(api, queue, limits=Limits(max_posts_per_second=1))
+    connections = [join(broadcaster, api) for _ in range(4)]
+    jobs = [
+        job
+        for job in Job(publish_id="p", api_id="a", stage="api", payload=b'{"type":1}').for_recipients(
+            [c.connection_id for c in connections], attempt=2, most=INLINE_MAX
+        )
+    ]
+    queue.send_message_batch("q", [{"Id": "0", "MessageBody": jobs[0].to_body()}])
+    (message,) = queue.messages
+    queue.messages.clear()
+    # WHEN it runs THEN it posts what the budget allows (one), and queues the rest, untried, as attempt 2
+    assert broadcaster.deliver_jobs([message], remaining_seconds=1.5) == []
+    assert sum(len(inbox) for inbox in api.inbox.values()) == 1
+    (again,) = [Job.from_body(body) for _, body in queue.messages]
+    assert (len(again.recipients), again.attempt) == (3, 2)
+    (line,) = [line for line in json_log() if line["message"] == "delivered"]
+    assert (line["queued_again"], line["given_up"]) == (3, 0)
