@@ -1,6 +1,8 @@
 """`make bench`: every benchmark in one run, each figure beside its baseline, as a ratio.
 
-python -m bench [NAME ...]     (names: cpu, connect, redis, channels, backend, coldstart, fanout; default: all)
+python -m bench [NAME ...]     (names: cpu, connect, redis, channels, backend, coldstart, fanout, scale; default: all)
+
+BENCH_SCALE_MILLION=1 adds the scale suite's broadcast to 1 000 000 (about 10 minutes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bench import common
 def main() -> None:
     from bench import (
         backend_publish,
+        broadcast_scale,
         channel_costs,
         cold_start,
         connect_cpu,
@@ -34,6 +37,7 @@ def main() -> None:
         "channels": channel_costs.run,
         "backend": backend_publish.run,
         "coldstart": cold_start.run,
+        "scale": broadcast_scale.run,
     }
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(suites)} (default: all)")

@@ -58,23 +58,35 @@ class CountingProxy:
         return moved
 
 
-def event_costs(server: RedisServer) -> list[Figure]:
+def event_costs(server: RedisServer, shards: int = 1) -> list[Figure]:
+    """Per event; with ``shards`` > 1 (REGISTRY_SHARDS) a publish's commands go out in three round
+    trips (the sender's checks, the shards' sizes, the budget and the shards' reads)."""
     client = redis.Redis.from_url(server.url, decode_responses=True)
     client.flushall()
     now_ms = int(time.time() * 1000)
-    registry = ConnectionRegistry(client, prefix="bench", max_age_seconds=7200, limits=DEFAULT_LIMITS)
+    registry = ConnectionRegistry(
+        client, prefix="bench", max_age_seconds=7200, limits=DEFAULT_LIMITS, shards=shards
+    )
     population = [new_connection_id() for _ in range(EVENT_POPULATION)]
     for connection_id in population:
         registry.add(connection_id, now_ms)
         client.sadd(REFERENCE_KEY, connection_id)
     newcomer = new_connection_id()
 
+    suffix = f", {shards} shards" if shards > 1 else ""
+
     def events(registry: ConnectionRegistry, client: redis.Redis) -> dict:
         """Each event as ours and as the reference's bare set would do it."""
         return {
-            "connect": (lambda: registry.add(newcomer, now_ms), lambda: client.sadd(REFERENCE_KEY, newcomer)),
-            "disconnect": (lambda: registry.remove(newcomer), lambda: client.srem(REFERENCE_KEY, newcomer)),
-            f"publish to {EVENT_POPULATION}": (
+            "connect" + suffix: (
+                lambda: registry.add(newcomer, now_ms),
+                lambda: client.sadd(REFERENCE_KEY, newcomer),
+            ),
+            "disconnect" + suffix: (
+                lambda: registry.remove(newcomer),
+                lambda: client.srem(REFERENCE_KEY, newcomer),
+            ),
+            f"publish to {EVENT_POPULATION}{suffix}": (
                 lambda: registry.begin_publish(population[0], now_ms, include_sender=False),
                 lambda: client.smembers(REFERENCE_KEY),
             ),
@@ -102,7 +114,10 @@ def event_costs(server: RedisServer) -> list[Figure]:
     client = redis.Redis(port=proxy.port, decode_responses=True)
     client.ping()
     for name, (ours, reference) in events(
-        ConnectionRegistry(client, prefix="bench", max_age_seconds=7200, limits=DEFAULT_LIMITS), client
+        ConnectionRegistry(
+            client, prefix="bench", max_age_seconds=7200, limits=DEFAULT_LIMITS, shards=shards
+        ),
+        client,
     ).items():
         proxy.since_last()
         ours()
@@ -191,6 +206,11 @@ def run(tmp_dir) -> list[Figure]:
     server = RedisServer(tmp_dir / "redis-costs")
     server.start()
     try:
-        return [*event_costs(server), *memory_and_read(server, 10_000), *memory_and_read(server, 100_000)]
+        return [
+            *event_costs(server),
+            *event_costs(server, shards=16),
+            *memory_and_read(server, 10_000),
+            *memory_and_read(server, 100_000),
+        ]
     finally:
         server.stop()
