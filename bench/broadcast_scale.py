@@ -214,11 +214,13 @@ def lambda_container(queue_arn_text: str) -> None:
     app.broadcaster()  # the cold start happens before the publish, as in a warm pool of containers
     client = boto3.client("sqs")  # AWS_ENDPOINT_URL_SQS: the stand-in
     url = os.environ["FANOUT_QUEUE_URL"]
+    # The mapping's batch size, as the app's decorator sets it (and the template's mapping).
+    (source,) = [source for source in app.app.event_sources if source.name == "fanout_worker"]
     print("ready", flush=True)
     while True:
         messages = client.receive_message(
             QueueUrl=url,
-            MaxNumberOfMessages=10,
+            MaxNumberOfMessages=source.batch_size,
             WaitTimeSeconds=5,
             MessageSystemAttributeNames=["All"],
             MessageAttributeNames=["All"],

@@ -27,8 +27,8 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_BATCH_ENTRIES = 10
 # A job's body without its recipients, with room to spare (ids, api, channel, counters).
 _HEADER_BYTES = 1024
-# A connection id in a job's list: up to 128 characters, quoted, with a comma.
-_MAX_ID_BYTES = 131
+# What a connection id adds to a job's list besides itself: its quotes and a comma.
+_ID_OVERHEAD_BYTES = 3
 _VERSION = 1
 
 
@@ -99,7 +99,8 @@ class Job:
         """Jobs for these recipients, at most ``most`` each (what one invocation should deliver, so they
         run side by side), each body within SQS's limit."""
         room = MAX_BODY_BYTES - _HEADER_BYTES - 4 * (len(self.payload) + 2) // 3
-        per_job = max(1, min(most, room // _MAX_ID_BYTES))
+        longest = max((len(connection_id.encode()) for connection_id in recipients), default=0)
+        per_job = max(1, min(most, room // (longest + _ID_OVERHEAD_BYTES)))
         return [
             replace(self, shard=None, recipients=tuple(recipients[start : start + per_job]), attempt=attempt)
             for start in range(0, len(recipients), per_job)

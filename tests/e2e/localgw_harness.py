@@ -113,7 +113,9 @@ class GatewayProcess:
         """What the fixture app's handlers received (event and Lambda context), in order."""
         if not self.event_log.exists():
             return []
-        records = [json.loads(line) for line in self.event_log.read_text().splitlines() if line]
+        # Only whole lines: a handler may be writing the next one while the test reads (a $disconnect).
+        complete = self.event_log.read_text().split("\n")[:-1]
+        records = [json.loads(line) for line in complete if line]
         return [
             r
             for r in records

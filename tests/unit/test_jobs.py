@@ -117,3 +117,16 @@ def test_jobs_go_in_as_few_batches_as_the_limits_allow_and_failures_are_named():
     sqs.batches.clear()
     assert queue.send(large) == []
     assert [len(batch) for batch in sqs.batches] == [1, 1, 1, 1], "133 KB bodies: one per 256 KiB batch"
+
+
+def test_recipient_jobs_hold_at_most_what_one_invocation_should_carry_and_long_ids_still_fit():
+    ids = [f"{index:015d}=" for index in range(25_000)]
+    assert [len(j.recipients) for j in job().for_recipients(ids[:25], attempt=1, most=10)] == [10, 10, 5]
+    assert [len(j.recipients) for j in job().for_recipients(ids, attempt=1, most=10_000)] == [
+        10_000,
+        10_000,
+        5_000,
+    ]
+    long_ids = [f"{index:0127d}=" for index in range(5_000)]
+    jobs = job().for_recipients(long_ids, attempt=1, most=10_000)
+    assert len(jobs) > 1 and all(len(j.to_body().encode()) <= MAX_BODY_BYTES for j in jobs)
