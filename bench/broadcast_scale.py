@@ -256,15 +256,16 @@ def queued_broadcast(
         flush=True,
     )
     sqs_client = sqs.client()
+    # A queue of this broadcast's own: empty, and no PurgeQueue (SQS allows one a minute).
+    name = f"{QUEUE}-{population}"
     queue = create_queue_with_dlq(
         sqs_client,
-        QUEUE,
+        name,
         visibility_timeout_seconds=VISIBILITY_TIMEOUT_SECONDS,
         max_receive_count=MAX_RECEIVE_COUNT,
     )
-    sqs_client.purge_queue(QueueUrl=queue.url)
     env = app_env(
-        server.url, stand_in.endpoint, shards=SHARDS, budget=BUDGET, queue=queue_url(QUEUE), sqs=sqs.endpoint
+        server.url, stand_in.endpoint, shards=SHARDS, budget=BUDGET, queue=queue_url(name), sqs=sqs.endpoint
     )
     log = Path(server.workdir) / f"workers-{population}.log"
     pool = Workers(workers, env, queue.arn, log)
