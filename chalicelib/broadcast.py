@@ -273,6 +273,9 @@ class Broadcaster:
         """The queue's worker: deliver each job (``(message id, body)``) before Lambda's deadline;
         return the message ids SQS must deliver again (none of their recipients was posted to,
         unless the log says a retry may repeat some)."""
+        if self._job_queue is None:
+            logger.error("the worker needs FANOUT_QUEUE_URL (it hands on and re-queues through it); set it")
+            return [message_id for message_id, _ in records]
         deadline = self._clock() + max(0.0, remaining_seconds - _RETURN_MARGIN_SECONDS)
         retry = []
         for message_id, body in records:

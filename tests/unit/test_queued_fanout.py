@@ -224,3 +224,17 @@ def test_recipients_the_budget_held_back_past_the_deadline_go_again_as_the_same_
     assert (len(again.recipients), again.attempt) == (3, 2)
     (line,) = [line for line in json_log() if line["message"] == "delivered"]
     assert (line["queued_again"], line["given_up"]) == (3, 0)
+
+
+def test_a_worker_without_its_queue_says_so_and_posts_nothing(api, json_log):
+    broadcaster = Broadcaster(
+        ConnectionRegistry(fakeredis.FakeRedis(decode_responses=True), prefix="q", max_age_seconds=7200),
+        api,
+        Fanout(8),
+        Gatekeeper(None),
+        publish_deadline_seconds=5,
+    )
+    body = Job(publish_id="p", api_id="a", stage="api", payload=b"{}", shard=0).to_body()
+    assert broadcaster.deliver_jobs([("m1", body)], remaining_seconds=60) == ["m1"]
+    assert api.inbox == {}
+    assert any("FANOUT_QUEUE_URL" in line["message"] for line in json_log())
