@@ -4,6 +4,8 @@ and the registry healing itself from the messages its connections send. fakeredi
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from chalicelib.registry import (
@@ -15,7 +17,8 @@ from chalicelib.registry import (
     registry_key,
 )
 
-NOW = 1_795_654_173.0
+# The real time: Redis expires a connection's own hash at connectedAt + max age by its own clock.
+NOW = float(int(time.time()))
 SENDER = "SSSSSSSSSSSSSSS="
 
 

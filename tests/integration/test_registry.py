@@ -1,12 +1,15 @@
 """The connection registry, against fakeredis and a real redis-server alike."""
 
+import time
+
 import pytest
 
 from chalicelib.registry import ConnectionRegistry, InvalidConnectionId, principal_key, registry_key
 
 KEY = registry_key("test")
 MAX_AGE = 7200
-NOW = 1_795_654_173
+# The real time: Redis expires a connection's own hash at connectedAt + max age by its own clock.
+NOW = int(time.time())
 
 
 class Clock:
