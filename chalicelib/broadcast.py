@@ -1,4 +1,5 @@
-"""The three use cases (connect, disconnect, publish), each returning the HTTP status for API Gateway.
+"""The use cases: connect, disconnect, publish (from a connection or a backend), and a queued job's
+delivery; each returns what its handler answers.
 
 Kept apart from ``app.py`` so they run without Chalice in unit tests, and so each handler stays one
 line. Every outcome a user could notice is logged here, once.
