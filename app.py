@@ -1,8 +1,9 @@
 """A WebSocket broadcast service: every message a client sends is published to all connected clients,
 or to a channel's members; a backend publishes the same way with ``POST /publish`` (AWS IAM).
 
-Five thin handlers (the fifth delivers queued broadcasts); the work is in ``chalicelib/``. The wiring (settings -> registry -> fan-out) is
-built on the first invocation and kept for the container's life: once per cold start.
+Five thin handlers (the fifth delivers queued broadcasts); the work is in ``chalicelib/``. The wiring
+(settings -> registry -> fan-out) is built on the first invocation and kept for the container's life:
+once per cold start.
 """
 
 import functools

@@ -55,9 +55,6 @@ _REGISTRY_DOWN_MESSAGE = "the service cannot reach its connection registry; send
 _QUEUE_DOWN_MESSAGE = "the service could not queue this broadcast; send it again shortly"
 # A queued job's recipients are tried this many times (each a worker invocation), then given up.
 MAX_JOB_ATTEMPTS = 3
-# Posts a worker leases from the whole API's budget at once: a twentieth of a second of it, so the
-# budget costs a worker one Redis round trip per 50 ms of posting.
-_LEASES_PER_SECOND = 20
 _NO_WEBSOCKET_API = (
     "this stage does not know its WebSocket API: set WEBSOCKET_API_ID (the deployed template sets it)"
 )
@@ -98,14 +95,12 @@ class Broadcaster:
         publish_deadline_seconds: float,
         websocket_api: tuple[str, str] | None = None,
         job_queue: JobQueue | None = None,
-        inline_max: int = 0,
-        max_posts_per_second: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``websocket_api``: the (api id, stage) a backend publish posts through; ``job_queue``: where
-        audiences larger than ``inline_max`` go (None: every audience is delivered inline)."""
+        audiences larger than the registry's inline max go (None: every audience is delivered inline)."""
         self._registry = registry
         self._management_apis = management_apis
         self._fanout = fanout
@@ -113,8 +108,6 @@ class Broadcaster:
         self._publish_deadline_seconds = publish_deadline_seconds
         self._websocket_api = websocket_api
         self._job_queue = job_queue
-        self._inline_max = inline_max
-        self._lease_chunk = max(1, max_posts_per_second // _LEASES_PER_SECOND)
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -135,8 +128,6 @@ class Broadcaster:
                 if settings.fanout_queue_url
                 else None
             ),
-            inline_max=settings.fanout_inline_max,
-            max_posts_per_second=settings.max_posts_per_second,
         )
 
     def connect(self, event: GatewayEvent) -> dict:
@@ -317,20 +308,18 @@ class Broadcaster:
             )
             for shard in sorted(queued.sizes)
         ]
-        failed = self._job_queue.send(jobs)
-        for _, reason in failed:
-            logger.error("job not queued", extra={"publish_id": publish_id, "reason": reason})
-        logger.info(
-            "queued",
-            extra={
-                "publish_id": publish_id,
-                "channel": channel,
-                "recipients": queued.recipients,
-                "jobs": len(jobs),
-                "failed_jobs": len(failed),
-            },
-        )
-        return publish_id if len(failed) < len(jobs) else None
+        with publish_key(publish_id):
+            failed = self._send_jobs(jobs, "publish")
+            logger.info(
+                "queued",
+                extra={
+                    "channel": channel,
+                    "recipients": queued.recipients,
+                    "jobs": len(jobs),
+                    "failed_jobs": failed,
+                },
+            )
+        return publish_id if failed < len(jobs) else None
 
     def _deliver_job(self, job: Job, deadline: float) -> bool:
         """Deliver one job; False when SQS must deliver it again."""
@@ -347,13 +336,14 @@ class Broadcaster:
         recipients = [member for member in snapshot.live if member != job.exclude]
         # What one invocation delivers well; the rest is handed on first, so a failure to queue it
         # leaves nothing posted and the whole job can be retried without a duplicate.
-        mine, rest = recipients[: self._inline_max], recipients[self._inline_max :]
-        if rest and not self._send_jobs(
-            job.for_recipients(rest, attempt=1, most=self._inline_max), "handed on"
-        ):
+        most = self._registry.inline_max
+        mine, rest = recipients[:most], recipients[most:]
+        if rest and self._send_jobs(job.for_recipients(rest, attempt=1, most=most), "handed on"):
             return False
         api = self._management_apis.for_event(job.api_id, job.stage)
-        pacer = PostPacer(self._lease, chunk=self._lease_chunk, clock=self._clock, sleep=self._sleep)
+        pacer = PostPacer(
+            self._lease, chunk=self._registry.post_lease_chunk, clock=self._clock, sleep=self._sleep
+        )
         report = self._fanout.deliver(pacer.paced(api.post_many), job.payload, mine, deadline=deadline)
         # Recipients never posted to (the deadline came first, or the budget's turn did not) go again
         # as the same attempt; those tried and failed go again as the next, up to MAX_JOB_ATTEMPTS.
@@ -361,10 +351,10 @@ class Broadcaster:
         tried = [member for member, reason in report.failed.items() if reason not in NEVER_POSTED]
         retried = [] if job.attempt >= MAX_JOB_ATTEMPTS else tried
         again = [
-            *job.for_recipients(untried, attempt=job.attempt, most=self._inline_max),
-            *job.for_recipients(retried, attempt=job.attempt + 1, most=self._inline_max),
+            *job.for_recipients(untried, attempt=job.attempt, most=most),
+            *job.for_recipients(retried, attempt=job.attempt + 1, most=most),
         ]
-        sent_again = not again or self._send_jobs(again, "retry")
+        sent_again = not again or not self._send_jobs(again, "retry")
         try:
             self._registry.forget([*report.gone, *snapshot.stale], job.channel)
         except RegistryUnavailable:
@@ -394,11 +384,12 @@ class Broadcaster:
             return False
         return True
 
-    def _send_jobs(self, jobs: list[Job], what: str) -> bool:
+    def _send_jobs(self, jobs: list[Job], what: str) -> int:
+        """Queue jobs; log each SQS refused and return how many that was (0: all queued)."""
         failed = self._job_queue.send(jobs)
         for _, reason in failed:
             logger.error(f"job not queued ({what})", extra={"reason": reason})
-        return not failed
+        return len(failed)
 
     def _lease(self, count: int) -> tuple[int, float]:
         try:

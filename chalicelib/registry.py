@@ -321,6 +321,7 @@ class Limits:
 
 
 _QUEUED = 5  # the message script's answer for an audience larger than the inline max
+_LEASES_PER_SECOND = 20  # see ``ConnectionRegistry.post_lease_chunk``
 
 
 @dataclass(frozen=True)
@@ -423,8 +424,15 @@ class ConnectionRegistry:
         )
 
     @property
-    def shards(self) -> int:
-        return self._shards
+    def inline_max(self) -> int:
+        """The largest audience a publish reads itself, and so what one job delivers (0: no queue)."""
+        return self._inline_max
+
+    @property
+    def post_lease_chunk(self) -> int:
+        """Posts a worker leases at once: a twentieth of a second of the budget, so the budget costs a
+        worker one round trip per 50 ms of posting."""
+        return max(1, self._limits.max_posts_per_second // _LEASES_PER_SECOND)
 
     def add(
         self,
@@ -520,13 +528,10 @@ class ConnectionRegistry:
     def lease_posts(self, count: int) -> tuple[int, float]:
         """Take ``count`` posts (at most a second's worth) from the whole API's budget, never into debt:
         (granted, 0), or (0, seconds until they are there). The queue's workers pace themselves with it."""
-        budget = self._limits.max_posts_per_second
-        if budget <= 0:
+        if self._limits.max_posts_per_second <= 0:
             return count, 0.0
         with _unavailable_on_error():
-            _, granted, wait_ms = self._budget(
-                keys=[self._posts_key()], args=[int(self._clock() * 1000), budget, count, "lease"]
-            )
+            _, granted, wait_ms = self._run_budget(count, "lease")
         return int(granted), int(wait_ms) / 1000
 
     def forget(self, connection_ids: Iterable[str], channel: str | None = None) -> None:
@@ -574,18 +579,19 @@ class ConnectionRegistry:
         cost = sum(sizes.values())  # the sender counts, echo or not: one post at most
         if self._inline_max and cost > self._inline_max:
             return Queued(sizes=sizes, lost=lost)
-        budget = self._limits.max_posts_per_second
         with _unavailable_on_error():
-            if budget > 0 and cost:
-                reply = self._budget(
-                    keys=[self._posts_key()], args=[int(self._clock() * 1000), budget, cost, "take"]
-                )
-                self._raise_refusal(reply)
+            if self._limits.max_posts_per_second > 0 and cost:
+                self._raise_refusal(self._run_budget(cost, "take"))
             pipeline = self._client.pipeline(transaction=False)
             for shard in sizes:
                 pipeline.hgetall(self._audience_key(channel, shard))
             entries = [entry for shard_entries in pipeline.execute() for entry in shard_entries.items()]
         return self._snapshot(entries, lost=lost)
+
+    def _run_budget(self, count: int, mode: str) -> list:
+        """The post budget's script: ``take`` (an inline publish's cost) or ``lease`` (a worker's chunk)."""
+        budget = self._limits.max_posts_per_second
+        return self._budget(keys=[self._posts_key()], args=[int(self._clock() * 1000), budget, count, mode])
 
     def _run_message(
         self, mode: str, sender: str, connected_at_ms: int, *, channel: str | None = None, echo: bool = False

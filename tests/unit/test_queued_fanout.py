@@ -66,14 +66,13 @@ def queue() -> InMemoryQueue:
 
 
 def queued_broadcaster(api, queue, *, shards=1, limits: Limits | None = None) -> Broadcaster:
-    limits = limits or Limits()
     registry = ConnectionRegistry(
         fakeredis.FakeRedis(decode_responses=True),
         prefix="queued",
         max_age_seconds=7200,
         shards=shards,
         inline_max=INLINE_MAX,
-        limits=limits,
+        limits=limits or Limits(),
     )
     return Broadcaster(
         registry,
@@ -83,8 +82,6 @@ def queued_broadcaster(api, queue, *, shards=1, limits: Limits | None = None) ->
         publish_deadline_seconds=5,
         websocket_api=("a", "api"),
         job_queue=JobQueue("https://sqs.us-east-1.amazonaws.com/123456789012/q", lambda: queue),
-        inline_max=INLINE_MAX,
-        max_posts_per_second=limits.max_posts_per_second,
     )
 
 
