@@ -25,24 +25,26 @@ from chalicelib.log import logger, publish_key
 from chalicelib.management_api import DeliveryError, ManagementApi, ManagementApis
 from chalicelib.registry import (
     ChannelForbidden,
-    ChannelRefused,
+    ConnectionClosed,
     ConnectionRegistry,
     InvalidConnectionId,
     OverCapacity,
     OverLimit,
     Queued,
     RateLimited,
+    Refusal,
     RegistryUnavailable,
     Snapshot,
     TooManyChannels,
 )
 from chalicelib.settings import Settings
 
-OK, ACCEPTED, BAD_REQUEST, FORBIDDEN, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS, UNAVAILABLE = (
+OK, ACCEPTED, BAD_REQUEST, FORBIDDEN, GONE, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS, UNAVAILABLE = (
     200,
     202,
     400,
     403,
+    410,
     413,
     429,
     503,
@@ -204,13 +206,9 @@ class Broadcaster:
             )
         except envelope.InvalidMessage as problem:
             logger.warning("message rejected", extra={"error_code": problem.code, "reason": problem.message})
-            _reply_error(api, sender, problem.code, problem.message)
-            return {"statusCode": _status_of(problem)}
-        except (RegistryUnavailable, OverLimit, ChannelRefused) as refusal:
-            code, status, text, retry_after_ms = _refusal_reply(refusal)
-            if not isinstance(refusal, OverLimit) or refusal.first:
-                _reply_error(api, sender, code, text, retry_after_ms=retry_after_ms)
-            return {"statusCode": status}
+            return self._answer_invalid(api, event, problem)
+        except (RegistryUnavailable, Refusal, ConnectionClosed) as refusal:
+            return _answer_refusal(api, sender, refusal)
         if isinstance(snapshot, Queued):
             exclude = None if message.echo else sender
             if not self._enqueue(event.api_id, event.stage, payload, snapshot, message.channel, exclude):
@@ -220,6 +218,22 @@ class Broadcaster:
         recipients = [member for member in snapshot.live if message.echo or member != sender]
         self._deliver(api, payload, snapshot, recipients, message.channel, started, remaining_seconds)
         return {"statusCode": OK}
+
+    def _answer_invalid(
+        self, api: ManagementApi, event: GatewayEvent, problem: envelope.InvalidMessage
+    ) -> dict:
+        """A message that did not parse takes the sender's token like any other, so a flood of them is
+        held to the sender's rate (then answered once, with rate_limited). While Redis is down it cannot
+        be metered, and is answered."""
+        sender = event.connection_id
+        try:
+            self._registry.refuse(sender, event.connected_at_ms)
+        except RegistryUnavailable:
+            logger.warning("the refused message is not metered: registry unavailable")
+        except (OverLimit, ConnectionClosed) as refusal:
+            return _answer_refusal(api, sender, refusal)
+        _reply_error(api, sender, problem.code, problem.message)
+        return {"statusCode": _status_of(problem)}
 
     def publish_from_backend(self, body: str | bytes | None, remaining_seconds: float) -> tuple[int, dict]:
         """``POST /publish``: the same envelope, limits and fan-out, with no sender; the status and
@@ -305,11 +319,12 @@ class Broadcaster:
                 channel=channel,
                 exclude=exclude,
                 shard=shard,
+                queued_at=int(self._wall_clock()),
             )
             for shard in sorted(queued.sizes)
         ]
         with publish_key(publish_id):
-            failed = self._send_jobs(jobs, "publish")
+            failed = len(self._send_jobs(jobs, "publish"))
             logger.info(
                 "queued",
                 extra={
@@ -324,6 +339,12 @@ class Broadcaster:
     def _deliver_job(self, job: Job, deadline: float) -> bool:
         """Deliver one job; False when SQS must deliver it again."""
         started = self._clock()
+        if job.queued_at and self._wall_clock() - job.queued_at >= self._registry.max_age_seconds:
+            logger.warning(
+                "job expired: nobody connected when it was published is connected still; dropped",
+                extra={"channel": job.channel, "recipients": len(job.recipients), "queued_at": job.queued_at},
+            )
+            return True
         try:
             snapshot = (
                 self._registry.read_shard(job.shard, job.channel)
@@ -334,11 +355,14 @@ class Broadcaster:
             logger.exception("job not delivered: registry unavailable; SQS delivers it again")
             return False
         recipients = [member for member in snapshot.live if member != job.exclude]
-        # What one invocation delivers well; the rest is handed on first, so a failure to queue it
-        # leaves nothing posted and the whole job can be retried without a duplicate.
+        # What one invocation delivers well; the rest is handed on first, so a failure to queue all of it
+        # leaves nothing posted and the whole job can be retried without a duplicate. What SQS took of a
+        # partly failed hand-on is not sent again: the rest goes with this job's retries, below.
         most = self._registry.inline_max
         mine, rest = recipients[:most], recipients[most:]
-        if rest and self._send_jobs(job.for_recipients(rest, attempt=1, most=most), "handed on"):
+        handed_on = job.for_recipients(rest, attempt=1, most=most)
+        not_handed_on = self._send_jobs(handed_on, "handed on") if rest else []
+        if not_handed_on and len(not_handed_on) == len(handed_on):
             return False
         api = self._management_apis.for_event(job.api_id, job.stage)
         pacer = PostPacer(
@@ -351,6 +375,7 @@ class Broadcaster:
         tried = [member for member, reason in report.failed.items() if reason not in NEVER_POSTED]
         retried = [] if job.attempt >= MAX_JOB_ATTEMPTS else tried
         again = [
+            *not_handed_on,
             *job.for_recipients(untried, attempt=job.attempt, most=most),
             *job.for_recipients(retried, attempt=job.attempt + 1, most=most),
         ]
@@ -370,7 +395,7 @@ class Broadcaster:
                 "gone": len(report.gone),
                 "failed": len(report.failed),
                 "stale": len(snapshot.stale),
-                "handed_on": len(rest),
+                "handed_on": len(rest) - sum(len(left.recipients) for left in not_handed_on),
                 "queued_again": sum(len(retry.recipients) for retry in again) if sent_again else 0,
                 "given_up": len(tried) - len(retried),
                 "elapsed_ms": round((self._clock() - started) * 1000, 1),
@@ -384,12 +409,12 @@ class Broadcaster:
             return False
         return True
 
-    def _send_jobs(self, jobs: list[Job], what: str) -> int:
-        """Queue jobs; log each SQS refused and return how many that was (0: all queued)."""
+    def _send_jobs(self, jobs: list[Job], what: str) -> list[Job]:
+        """Queue jobs; log each SQS refused and return those (empty: all queued)."""
         failed = self._job_queue.send(jobs)
         for _, reason in failed:
             logger.error(f"job not queued ({what})", extra={"reason": reason})
-        return len(failed)
+        return [job for job, _ in failed]
 
     def _lease(self, count: int) -> tuple[int, float]:
         try:
@@ -471,6 +496,17 @@ def _refusal_reply(refusal: Exception) -> tuple[str, int, str, int | None]:
             text = f"{text}; send again in {retry_after_ms} ms"
         logger.warning("message refused", extra={"error_code": code, "retry_after_ms": retry_after_ms})
     return code, status, text, retry_after_ms
+
+
+def _answer_refusal(api: ManagementApi, sender: str, refusal: Exception) -> dict:
+    """The sender's status; the error reply goes to the first refusal in a row only (an outage's to every one)."""
+    if isinstance(refusal, ConnectionClosed):
+        logger.info("message dropped: its connection has closed")
+        return {"statusCode": GONE}
+    code, status, text, retry_after_ms = _refusal_reply(refusal)
+    if not isinstance(refusal, Refusal) or refusal.first:
+        _reply_error(api, sender, code, text, retry_after_ms=retry_after_ms)
+    return {"statusCode": status}
 
 
 def _refuse_handshake(status: int, reason: str, *, logged: bool = False) -> dict:

@@ -49,6 +49,9 @@ class Job:
     shard: int | None = None
     recipients: tuple[str, ...] = ()
     attempt: int = 1  # how many times these recipients have been tried (recipient jobs)
+    # When the publish was queued (unix seconds), carried by every job handed on or queued again: a job
+    # older than API Gateway's longest connection reaches nobody who was connected then.
+    queued_at: int = 0
 
     def to_body(self) -> str:
         document: dict[str, Any] = {
@@ -56,6 +59,7 @@ class Job:
             "publish": self.publish_id,
             "api": [self.api_id, self.stage],
             "payload": base64.b64encode(self.payload).decode(),
+            "at": self.queued_at,
         }
         if self.channel is not None:
             document["channel"] = self.channel
@@ -89,6 +93,7 @@ class Job:
                 shard=None if shard is None else int(shard),
                 recipients=recipients,
                 attempt=int(document.get("attempt", 1)),
+                queued_at=int(document.get("at", 0)),
             )
         except InvalidJob:
             raise

@@ -54,6 +54,7 @@ that later publishes wait for, so the average stays at ``MAX_POSTS_PER_SECOND``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import time
@@ -71,7 +72,7 @@ from redis.retry import Retry
 
 from chalicelib.auth import Permissions
 from chalicelib.redis_auth import credential_provider
-from chalicelib.settings import Settings
+from chalicelib.settings import FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT, Settings
 
 # API Gateway ids are 16 characters of base64 ("ZJ8cWdV9iYcCIkg="); allow any plain token.
 _CONNECTION_ID = re.compile(r"^[A-Za-z0-9+/=_-]{1,128}$")
@@ -93,33 +94,47 @@ local function allowed(patterns, name)
 end
 """
 
-# A token bucket's level now: full when it has no state (new, or expired once full again).
+# A token bucket's level now: full when it has no state (new, or expired once full again). Every bucket
+# runs on the server's clock (TIME): containers' clocks differ, and a bucket settled by one container
+# and read by another must never refill by their difference.
 _LEVEL_LUA = """
+-- ``fixed``: a test's clock (ms), or negative for the server's.
+local function now_ms(fixed)
+  if tonumber(fixed) >= 0 then return tonumber(fixed) end
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
 local function level(key, rate, capacity, now)
   local state = redis.call('HMGET', key, 'tokens', 'at')
   local tokens, at = tonumber(state[1]), tonumber(state[2])
   if tokens == nil or at == nil then return capacity end
   return math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
 end
-local function settle(key, tokens, now, ttl_ms)
-  redis.call('HSET', key, 'tokens', tokens, 'at', now)
-  redis.call('PEXPIRE', key, ttl_ms)
+-- Take ``cost`` (perhaps into debt); the state expires once the bucket would be full again.
+local function spend(key, tokens, cost, rate, capacity, now)
+  redis.call('HSET', key, 'tokens', tokens - cost, 'at', now)
+  redis.call('PEXPIRE', key, math.ceil((capacity - tokens + cost) * 1000 / rate) + 1000)
+end
+-- Milliseconds until the bucket holds ``need``.
+local function wait_for(tokens, need, rate)
+  return math.ceil((need - tokens) * 1000 / rate)
 end
 """
 
 # KEYS: registry, the connection's hash, then one key per channel joined at connect.
 # ARGV: id, value, max age (s), stale cutoff (s), prune sample, expire-at (s), enforce (1/0),
 #       subscribe patterns, publish patterns, max channels, then the channel names.
-# Returns {0}, or {3, channel} (not allowed), or {4} (too many): nothing written then.
+# Returns {0}, or a refusal as the message script's, {3, 0, 1, channel} (not allowed) or {4, 0, 1, ''}
+# (too many): nothing written then.
 _CONNECT_SCRIPT = (
     _ALLOWED_LUA
     + """
 local first_channel = 11
 local enforce = ARGV[7] == '1'
-if #ARGV - first_channel + 1 > tonumber(ARGV[10]) then return {4} end
+if #ARGV - first_channel + 1 > tonumber(ARGV[10]) then return {4, 0, 1, ''} end
 if enforce then
   for i = first_channel, #ARGV do
-    if not allowed(ARGV[8], ARGV[i]) then return {3, ARGV[i]} end
+    if not allowed(ARGV[8], ARGV[i]) then return {3, 0, 1, ARGV[i]} end
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -143,8 +158,10 @@ return {0}
 """
 )
 
-# KEYS: registry, the connection's hash. ARGV: id, the channel keys' prefix.
-# The channel keys are read from the connection's hash: they share its hash tag, hence its slot.
+# KEYS: registry, the connection's hash. ARGV: id, the channel keys' prefix, the tombstone's life (s).
+# The channel keys are read from the connection's hash: they share its hash tag, hence its slot. The
+# hash is left as a tombstone ("#gone"), so a message still in flight across $disconnect finds the
+# connection closed instead of registering it again.
 _LEAVE_SCRIPT = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -153,83 +170,131 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
   end
 end
 redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], '#gone', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
-# KEYS: registry, sender's bucket, post budget, sender's hash, the audience (registry or channel).
-# ARGV: 1 sender ('' for a backend publish: no sender, no rate), 2 value, 3 max age (s), 4 now (ms),
-#       5 rate/s, 6 burst, 7 posts/s, 8 mode (publish, ping, subscribe, unsubscribe), 9 channel ('' for
-#       every connection), 10 echo (1/0), 11 enforce permissions (1/0), 12 max channels, 13 expire-at (s),
-#       14 inline max (0: no queue, every audience is read and delivered inline).
-# Modes: publish, check (a sharded publish's sender checks: rate and channel, no budget, no read),
-# ping, subscribe, unsubscribe.
-# Returns {0, lost, entries...} for a publish, {5, lost, cost} for one whose audience is larger than
-# the inline max (queued: nothing read, no budget taken), {0, lost} otherwise; {1, wait ms, first} when the
-# sender is over its rate, {2, wait ms, first} when the post budget cannot cover the publish (first:
-# the first refusal since the sender's last granted message, the only one answered), {3, channel} when the
-# channel is not allowed, {4} when the sender is in too many channels. Refusals write nothing else.
+# KEYS: 1 registry, 2 sender's bucket, 3 post budget, 4 sender's hash, 5 the audience (registry or
+#       channel), 6 the queue's budget (3 and 6 are only used with one shard: sharded, they are keys of
+#       the sender's slot that are never written).
+# ARGV: see ``_MessageArgs``.
+# Modes: publish, check (a sharded publish's sender checks: rates and channel, no budget, no read),
+# ping, subscribe, unsubscribe, refuse (a message the caller refused: it costs a token, nothing else).
+# Returns {0, lost, entries...} for a publish, {5, lost, cost} for one whose audience is larger than the
+# inline max (queued: admitted against the queue's budget, nothing read), {0, lost} otherwise. Refusals:
+# {kind, wait ms, first, detail}: 1 over a rate (the sender's or its user's), 2 over the post budget (or
+# the queue's), 3 channel not allowed (detail: the channel), 4 too many channels, 7 refused by the caller;
+# ``first``: always 1 for 3, 4 and 7 (answered, as a granted message is), and for 1 and 2 only for the
+# first limit refusal since the sender's last answered message. {6}: the sender's $disconnect has run
+# (nothing written).
 _MESSAGE_SCRIPT = (
     _ALLOWED_LUA
     + _LEVEL_LUA
     + """
-local sender, mode, channel = ARGV[1], ARGV[8], ARGV[9]
+local sender, mode, channel = ARGV[1], ARGV[7], ARGV[8]
+if sender ~= '' and redis.call('HEXISTS', KEYS[4], '#gone') == 1 then return {6} end
+local now = now_ms(ARGV[19])
 local lost = 0
 if sender ~= '' and redis.call('HSETNX', KEYS[1], sender, ARGV[2]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   lost = 1
 end
-local now = tonumber(ARGV[4])
-local function refuse(kind, tokens, need, rate)
-  local wait = math.ceil((need - tokens) * 1000 / rate)
-  if sender == '' then return {kind, wait, 1} end
-  local first = redis.call('HSETNX', KEYS[2], 'told', 1)
-  if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], wait + 1000) end
-  return {kind, wait, first}
+local rate, burst, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local enforce, publishing = ARGV[10] == '1', mode == 'publish' or mode == 'check'
+local user_rate, backlog, reserve = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+-- A reply (pong, acknowledgement, error) is a post: one from the budget, never refused.
+local function pay_reply()
+  if sender ~= '' and budget > 0 and ARGV[17] == '1' then
+    spend(KEYS[3], level(KEYS[3], budget, budget, now), 1, budget, budget, now)
+  end
 end
-local rate, burst, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local enforce = ARGV[11] == '1'
-local sender_tokens, posts_tokens, cost
+local function first_refusal()
+  if sender == '' then return 1 end
+  local first = redis.call('HSETNX', KEYS[2], 'told', 1)
+  if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], 60000) end
+  if first == 1 then pay_reply() end
+  return first
+end
+local sender_tokens
 if sender ~= '' and rate > 0 then
   sender_tokens = level(KEYS[2], rate, burst, now)
-  if sender_tokens < 1 then return refuse(1, sender_tokens, 1, rate) end
+  if sender_tokens < 1 then return {1, wait_for(sender_tokens, 1, rate), first_refusal(), ''} end
 end
-local inline_max, queued = tonumber(ARGV[14]), false
-if mode == 'publish' or mode == 'check' then
-  if channel ~= '' and sender ~= '' and enforce and not allowed(redis.call('HGET', KEYS[4], '#p'), channel) then
-    return {3, channel}
+-- Every message the sender sends takes a token, granted or refused. A refusal within the sender's rate
+-- is answered, as a granted message is; one for a limit only when it is the first in a row. ``wait``: a
+-- function, called once the refusal's reply is paid (it may be paid from the bucket that refused).
+local function refuse(kind, detail, wait)
+  if sender_tokens then spend(KEYS[2], sender_tokens, 1, rate, burst, now) end
+  local first = 1
+  if kind == 1 or kind == 2 then
+    first = first_refusal()
+  else
+    if sender ~= '' then redis.call('HDEL', KEYS[2], 'told') end
+    pay_reply()
   end
+  return {kind, wait and wait() or 0, first, detail}
 end
-if mode == 'publish' and (budget > 0 or inline_max > 0) then
-  cost = redis.call('HLEN', KEYS[5])
-  if ARGV[10] ~= '1' and sender ~= '' and redis.call('HEXISTS', KEYS[5], sender) == 1 then cost = cost - 1 end
-  if inline_max > 0 and cost > inline_max then
-    queued = true  -- the workers take from the post budget as they post
-  elseif budget > 0 then
-    posts_tokens = level(KEYS[3], budget, budget, now)
-    local need = math.min(cost, budget)
-    if posts_tokens < need then return refuse(2, posts_tokens, need, budget) end
-  end
-elseif mode == 'subscribe' then
-  if enforce and not allowed(redis.call('HGET', KEYS[4], '#s'), channel) then return {3, channel} end
+if mode == 'refuse' then return refuse(7, '') end
+if publishing and channel ~= '' and sender ~= '' and enforce
+    and not allowed(redis.call('HGET', KEYS[4], '#p'), channel) then
+  return refuse(3, channel)
+end
+if mode == 'subscribe' then
+  if enforce and not allowed(redis.call('HGET', KEYS[4], '#s'), channel) then return refuse(3, channel) end
   if redis.call('HEXISTS', KEYS[4], 'c:' .. channel) == 0 then
     local joined = redis.call('HLEN', KEYS[4]) - redis.call('HEXISTS', KEYS[4], '#s') - redis.call('HEXISTS', KEYS[4], '#p')
-    if joined >= tonumber(ARGV[12]) then return {4} end
+    if joined >= tonumber(ARGV[11]) then return refuse(4, '') end
+  end
+end
+local user_key, user_tokens
+if publishing and sender ~= '' and user_rate > 0 then
+  local principal = string.match(redis.call('HGET', KEYS[1], sender) or '', '^%d+:(.+)$')
+  if principal then
+    user_key = ARGV[18] .. principal
+    user_tokens = level(user_key, user_rate, burst, now)
+    if user_tokens < 1 then
+      return refuse(1, '', function() return wait_for(user_tokens, 1, user_rate) end)
+    end
+  end
+end
+local inline_max, queued = tonumber(ARGV[13]), false
+local posts_tokens, queue_tokens, cost
+if mode == 'publish' and (budget > 0 or inline_max > 0) then
+  cost = redis.call('HLEN', KEYS[5])
+  if ARGV[9] ~= '1' and sender ~= '' and redis.call('HEXISTS', KEYS[5], sender) == 1 then cost = cost - 1 end
+  if inline_max > 0 and cost > inline_max then
+    queued = true
+    if budget > 0 then
+      queue_tokens = level(KEYS[6], budget, backlog, now)
+      local need = math.min(cost, backlog)
+      if queue_tokens < need then
+        return refuse(2, '', function() return wait_for(queue_tokens, need, budget) end)
+      end
+    end
+  elseif budget > 0 then
+    posts_tokens = level(KEYS[3], budget, budget, now)
+    local need = math.min(cost, math.max(reserve, 1))
+    if posts_tokens < need then
+      return refuse(2, '', function() return wait_for(level(KEYS[3], budget, budget, now), need, budget) end)
+    end
   end
 end
 if sender ~= '' then redis.call('HDEL', KEYS[2], 'told') end
-if sender_tokens then settle(KEYS[2], sender_tokens - 1, now, math.ceil(burst * 1000 / rate) + 1000) end
-if posts_tokens then
-  settle(KEYS[3], posts_tokens - cost, now, math.ceil(math.max(cost, budget) * 1000 / budget) + 1000)
-end
+if sender_tokens then spend(KEYS[2], sender_tokens, 1, rate, burst, now) end
+if user_key then spend(user_key, user_tokens, 1, user_rate, burst, now) end
+if posts_tokens then spend(KEYS[3], posts_tokens, cost, budget, budget, now) end
+if queue_tokens then spend(KEYS[6], queue_tokens, cost, budget, backlog, now) end
 if mode == 'subscribe' then
   redis.call('HSET', KEYS[5], sender, ARGV[2])
   redis.call('EXPIRE', KEYS[5], ARGV[3])
   redis.call('HSET', KEYS[4], 'c:' .. channel, 1)
-  redis.call('EXPIREAT', KEYS[4], ARGV[13])
+  redis.call('EXPIREAT', KEYS[4], ARGV[12])
 elseif mode == 'unsubscribe' then
   redis.call('HDEL', KEYS[5], sender)
   redis.call('HDEL', KEYS[4], 'c:' .. channel)
 end
+if not publishing then pay_reply() end
 if mode ~= 'publish' then return {0, lost} end
 if queued then return {5, lost, cost} end
 local reply = redis.call('HGETALL', KEYS[5])
@@ -240,26 +305,31 @@ return reply
 )
 
 
-# KEYS: the post budget. ARGV: now (ms), posts/s, count, mode.
-# take: all of ``count`` if the bucket holds min(count, capacity), leaving a debt; else {2, wait ms, 1}.
-# lease: min(count, capacity) when the bucket holds that many, never a debt; else {0, 0, wait ms until
-# it does} (a whole chunk at once: one round trip per chunk, not one per token as the bucket refills).
+# KEYS: the post budget, the queue's budget. ARGV: posts/s, count, mode, inline reserve, queue backlog,
+# a test's clock (ms; -1: the server's).
+# take (a sharded inline publish): all of ``count`` once the bucket holds min(count, reserve or 1), perhaps
+# leaving a debt; else {2, wait ms, 1}. queue (a sharded queued publish): the same against the queue's
+# budget, which holds up to ``backlog`` posts. lease (a worker's chunk): min(count, what the bucket holds
+# beyond the reserve), never a debt; else {0, 0, wait ms until it does} (a whole chunk at once: one round
+# trip per chunk, not one per token as the bucket refills).
 _BUDGET_SCRIPT = (
     _LEVEL_LUA
     + """
-local now, budget, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens = level(KEYS[1], budget, budget, now)
-local granted = count
-if ARGV[4] == 'take' then
-  if tokens < math.min(count, budget) then
-    return {2, math.ceil((math.min(count, budget) - tokens) * 1000 / budget), 1}
-  end
-else
-  granted = math.min(count, budget)
-  if tokens < granted then return {0, 0, math.ceil((granted - tokens) * 1000 / budget)} end
+local now, budget, count, mode = now_ms(ARGV[6]), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local reserve, backlog = tonumber(ARGV[4]), tonumber(ARGV[5])
+if mode == 'lease' then
+  local tokens = level(KEYS[1], budget, budget, now)
+  local granted = math.min(count, budget - reserve)
+  if tokens - reserve < granted then return {0, 0, wait_for(tokens, granted + reserve, budget)} end
+  spend(KEYS[1], tokens, granted, budget, budget, now)
+  return {0, granted, 0}
 end
-settle(KEYS[1], tokens - granted, now, math.ceil(math.max(granted, budget) * 1000 / budget) + 1000)
-return {0, granted, 0}
+local key, capacity, need = KEYS[1], budget, math.min(count, math.max(reserve, 1))
+if mode == 'queue' then key, capacity, need = KEYS[2], backlog, math.min(count, backlog) end
+local tokens = level(key, budget, capacity, now)
+if tokens < need then return {2, wait_for(tokens, need, budget), 1} end
+spend(key, tokens, count, budget, capacity, now)
+return {0, count, 0}
 """
 )
 
@@ -272,35 +342,46 @@ class InvalidConnectionId(ValueError):
     """A connection id that API Gateway would never issue; refused before it reaches Redis."""
 
 
-class OverLimit(Exception):
-    """A publish refused by a limit; nothing was read or taken. ``retry_after`` is in seconds.
+class Refusal(Exception):
+    """A message the registry refused; nothing was read or written but the sender's token.
 
-    ``first`` is true for the first refusal since the sender's last granted message.
+    ``first``: whether to answer it. A refusal within the sender's rate always is; a refusal for a limit
+    only when it is the first since the sender's last answered message, so a flood is not a flood of
+    error replies (each reply is a post).
     """
 
-    def __init__(self, retry_after: float, *, first: bool = True) -> None:
-        super().__init__(f"retry after {retry_after:.3f} s")
-        self.retry_after = retry_after
+    def __init__(self, text: str, *, first: bool = True) -> None:
+        super().__init__(text)
         self.first = first
 
 
+class OverLimit(Refusal):
+    """A publish refused by a limit. ``retry_after`` is in seconds."""
+
+    def __init__(self, retry_after: float, *, first: bool = True) -> None:
+        super().__init__(f"retry after {retry_after:.3f} s", first=first)
+        self.retry_after = retry_after
+
+
 class RateLimited(OverLimit):
-    """The sender is over ``PUBLISH_RATE_PER_SECOND`` / ``PUBLISH_BURST``."""
+    """The sender is over ``PUBLISH_RATE_PER_SECOND`` / ``PUBLISH_BURST``, or its user over
+    ``PUBLISH_RATE_PER_USER``."""
 
 
 class OverCapacity(OverLimit):
-    """The whole API's post budget (``MAX_POSTS_PER_SECOND``) cannot cover this publish now."""
+    """The whole API's post budget (``MAX_POSTS_PER_SECOND``), or the queue's backlog, cannot cover this
+    publish now."""
 
 
-class ChannelRefused(Exception):
-    """A subscribe or a channel publish refused; nothing was written."""
+class ChannelRefused(Refusal):
+    """A subscribe or a channel publish refused."""
 
 
 class ChannelForbidden(ChannelRefused):
     """The connection's token does not allow this channel."""
 
-    def __init__(self, channel: str) -> None:
-        super().__init__(f"not allowed: {channel}")
+    def __init__(self, channel: str, *, first: bool = True) -> None:
+        super().__init__(f"not allowed: {channel}", first=first)
         self.channel = channel
 
 
@@ -308,19 +389,47 @@ class TooManyChannels(ChannelRefused):
     """The connection is already in ``CHANNELS_PER_CONNECTION`` channels."""
 
 
-_REFUSALS = {1: RateLimited, 2: OverCapacity}
+class _CallerRefusal(Refusal):
+    """The message script's answer to mode ``refuse``: the token is taken; ``first`` says whether to answer."""
+
+
+class ConnectionClosed(Exception):
+    """The sender's ``$disconnect`` has run: its message arrived late and is dropped, nothing written."""
+
+
+# The scripts' answers (the first element of their reply).
+_GRANTED, _OVER_RATE, _OVER_BUDGET, _FORBIDDEN, _TOO_MANY, _QUEUED, _CLOSED, _REFUSED = range(8)
+_OVER_LIMITS = {_OVER_RATE: RateLimited, _OVER_BUDGET: OverCapacity}
+# Inline publishes keep this much of a second's post budget (whole posts): the queue's workers lease only
+# beyond it, and an inline publish goes out once the budget holds its cost or the reserve, whichever is
+# less (at least one post), perhaps leaving a debt that later publishes and the workers wait for.
+INLINE_RESERVE_SECONDS = 0.25
+# How long $disconnect's tombstone keeps a late message from registering its connection again: a message
+# API Gateway received before the close reaches its handler within the 29 s integration timeout.
+_TOMBSTONE_SECONDS = 60
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-connection token bucket and the whole API's post budget; 0 switches one off."""
+    """Per-connection and per-user token buckets, the whole API's post budget, and how far ahead of it
+    the queue may admit broadcasts; a rate or budget of 0 switches it off."""
 
     publish_rate_per_second: float = 0
     publish_burst: int = 1
     max_posts_per_second: int = 0
+    publish_rate_per_user: float = 0
+    queue_backlog_seconds: float = FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT
+
+    @property
+    def inline_reserve(self) -> int:
+        return int(self.max_posts_per_second * INLINE_RESERVE_SECONDS)
+
+    @property
+    def queue_backlog(self) -> float:
+        """Posts the queue may hold admitted but not yet delivered (its budget's capacity)."""
+        return self.max_posts_per_second * self.queue_backlog_seconds
 
 
-_QUEUED = 5  # the message script's answer for an audience larger than the inline max
 _LEASES_PER_SECOND = 20  # see ``ConnectionRegistry.post_lease_chunk``
 
 
@@ -389,9 +498,12 @@ class ConnectionRegistry:
         shards: int = 1,
         inline_max: int = 0,
         clock: Callable[[], float] = time.time,
+        bucket_clock: Callable[[], float] | None = None,
     ) -> None:
         """``shards``: how many shards hold the connections (``REGISTRY_SHARDS``); ``inline_max``: the
-        largest audience a publish reads itself (0: every audience, there is no queue)."""
+        largest audience a publish reads itself (0: every audience, there is no queue). ``clock``: this
+        container's, for connections' ages (API Gateway's ``connectedAt`` is in seconds); the token buckets
+        run on Redis's clock, shared by every container, unless a test steps ``bucket_clock``."""
         self._client = client
         self._prefix = prefix
         self._max_age_seconds = max_age_seconds
@@ -401,6 +513,7 @@ class ConnectionRegistry:
         self._shards = shards
         self._inline_max = inline_max
         self._clock = clock
+        self._bucket_clock = bucket_clock
         self._connect = client.register_script(_CONNECT_SCRIPT)
         self._leave = client.register_script(_LEAVE_SCRIPT)
         self._message = client.register_script(_MESSAGE_SCRIPT)
@@ -416,12 +529,19 @@ class ConnectionRegistry:
                 publish_rate_per_second=settings.publish_rate_per_second,
                 publish_burst=settings.publish_burst,
                 max_posts_per_second=settings.max_posts_per_second,
+                publish_rate_per_user=settings.publish_rate_per_user,
+                queue_backlog_seconds=settings.fanout_queue_backlog_seconds,
             ),
             enforce_channel_permissions=settings.auth.mode == "jwt",
             channels_per_connection=settings.channels_per_connection,
             shards=settings.registry_shards,
             inline_max=settings.fanout_inline_max if settings.fanout_queue_url else 0,
         )
+
+    @property
+    def max_age_seconds(self) -> int:
+        """API Gateway's longest connection: an entry, or a queued job, at least this old reaches nobody."""
+        return self._max_age_seconds
 
     @property
     def inline_max(self) -> int:
@@ -482,7 +602,7 @@ class ConnectionRegistry:
         with _unavailable_on_error():
             self._leave(
                 keys=[self._registry_key(shard), self._connection_key(connection_id)],
-                args=[connection_id, self._channel_key("", shard)],
+                args=[connection_id, self._channel_key("", shard), _TOMBSTONE_SECONDS],
             )
 
     def begin_publish(
@@ -492,7 +612,8 @@ class ConnectionRegistry:
         connection, or the channel's members); one round trip with one shard. An audience larger than
         the inline max is not read: ``Queued`` says how large it is, shard by shard.
 
-        Raise ``RateLimited``, ``OverCapacity`` or ``ChannelForbidden`` when refused: nothing read or taken.
+        Raise ``RateLimited``, ``OverCapacity`` or ``ChannelForbidden`` when refused (nothing read; the
+        sender's token taken), ``ConnectionClosed`` when its ``$disconnect`` has run.
         """
         if self._shards == 1:
             reply = self._run_message(
@@ -500,13 +621,13 @@ class ConnectionRegistry:
             )
             return self._one_shard_publish(reply)
         lost = self._run_message("check", sender, connected_at_ms, channel=channel)[1] == 1
-        return self._sharded_publish(channel, lost=lost)
+        return self._sharded_publish(channel, lost=lost, first=True)
 
     def begin_backend_publish(self, channel: str | None = None) -> Snapshot | Queued:
         """A publish with no sender (``POST /publish``): the post budget, then the audience."""
         if self._shards == 1:
             return self._one_shard_publish(self._run_message("publish", "", 0, channel=channel, echo=True))
-        return self._sharded_publish(channel, lost=False)
+        return self._sharded_publish(channel, lost=False, first=True)
 
     def touch(self, sender: str, connected_at_ms: int) -> bool:
         """A keepalive: re-register the sender if Redis lost it (then True), counting against its rate."""
@@ -519,6 +640,15 @@ class ConnectionRegistry:
     def unsubscribe(self, sender: str, connected_at_ms: int, channel: str) -> bool:
         return self._run_message("unsubscribe", sender, connected_at_ms, channel=channel)[1] == 1
 
+    def refuse(self, sender: str, connected_at_ms: int) -> None:
+        """A message refused before it reached the registry (it did not parse): it takes the sender's
+        token like any other, and its error reply a post from the budget.
+
+        Raise ``RateLimited`` when the sender is over its rate, ``ConnectionClosed`` as ``begin_publish``.
+        """
+        with contextlib.suppress(_CallerRefusal):
+            self._run_message("refuse", sender, connected_at_ms)
+
     def read_shard(self, shard: int, channel: str | None = None) -> Snapshot:
         """One shard's part of an audience (a queued job's), in one command."""
         with _unavailable_on_error():
@@ -526,8 +656,9 @@ class ConnectionRegistry:
         return self._snapshot(entries.items())
 
     def lease_posts(self, count: int) -> tuple[int, float]:
-        """Take ``count`` posts (at most a second's worth) from the whole API's budget, never into debt:
-        (granted, 0), or (0, seconds until they are there). The queue's workers pace themselves with it."""
+        """Take ``count`` posts from the whole API's budget, at most what it holds beyond the inline
+        reserve, never into debt: (granted, 0), or (0, seconds until they are there). The queue's workers
+        pace themselves with it."""
         if self._limits.max_posts_per_second <= 0:
             return count, 0.0
         with _unavailable_on_error():
@@ -568,20 +699,23 @@ class ConnectionRegistry:
             return Queued(sizes={0: int(reply[2])}, lost=int(reply[1]) == 1)
         return self._snapshot(zip(reply[2::2], reply[3::2], strict=True), lost=int(reply[1]) == 1)
 
-    def _sharded_publish(self, channel: str | None, *, lost: bool) -> Snapshot | Queued:
-        """The audience's size, one HLEN per shard in one pipeline; then either ``Queued``, or the post
-        budget and the read of every shard that has members, in one pipeline."""
+    def _sharded_publish(self, channel: str | None, *, lost: bool, first: bool) -> Snapshot | Queued:
+        """The audience's size, one HLEN per shard in one pipeline; then either the queue's budget and
+        ``Queued``, or the post budget and the read of every shard that has members, in one pipeline."""
         with _unavailable_on_error():
             pipeline = self._client.pipeline(transaction=False)
             for shard in range(self._shards):
                 pipeline.hlen(self._audience_key(channel, shard))
             sizes = {shard: size for shard, size in enumerate(pipeline.execute()) if size}
         cost = sum(sizes.values())  # the sender counts, echo or not: one post at most
-        if self._inline_max and cost > self._inline_max:
+        queued = bool(self._inline_max) and cost > self._inline_max
+        if self._limits.max_posts_per_second > 0 and cost:
+            with _unavailable_on_error():
+                reply = self._run_budget(cost, "queue" if queued else "take")
+            self._raise_refusal(reply)
+        if queued:
             return Queued(sizes=sizes, lost=lost)
         with _unavailable_on_error():
-            if self._limits.max_posts_per_second > 0 and cost:
-                self._raise_refusal(self._run_budget(cost, "take"))
             pipeline = self._client.pipeline(transaction=False)
             for shard in sizes:
                 pipeline.hgetall(self._audience_key(channel, shard))
@@ -589,9 +723,20 @@ class ConnectionRegistry:
         return self._snapshot(entries, lost=lost)
 
     def _run_budget(self, count: int, mode: str) -> list:
-        """The post budget's script: ``take`` (an inline publish's cost) or ``lease`` (a worker's chunk)."""
-        budget = self._limits.max_posts_per_second
-        return self._budget(keys=[self._posts_key()], args=[int(self._clock() * 1000), budget, count, mode])
+        """The budgets' script: ``take`` (an inline publish's cost), ``queue`` (a queued one's) or
+        ``lease`` (a worker's chunk)."""
+        limits = self._limits
+        return self._budget(
+            keys=[self._posts_key(), self._queue_budget_key()],
+            args=[
+                limits.max_posts_per_second,
+                count,
+                mode,
+                limits.inline_reserve,
+                limits.queue_backlog,
+                self._bucket_now_ms(),
+            ],
+        )
 
     def _run_message(
         self, mode: str, sender: str, connected_at_ms: int, *, channel: str | None = None, echo: bool = False
@@ -601,22 +746,23 @@ class ConnectionRegistry:
         shard = self.shard_of(sender)
         limits = self._limits
         seconds = connected_at_ms // 1000
+        one_shard = self._shards == 1
         with _unavailable_on_error():
             reply = self._message(
                 keys=[
                     self._registry_key(shard),
                     self._hash_tagged(f"rate:{sender}", shard),
-                    # With shards, every key of one script is in the sender's slot: the budget is not
-                    # used in this script then (mode check), so its key there is never written.
-                    self._posts_key() if self._shards == 1 else self._hash_tagged("posts", shard),
+                    # With shards, every key of one script is in the sender's slot: the budgets are not
+                    # used in this script then (mode check), so their keys there are never written.
+                    self._posts_key() if one_shard else self._hash_tagged("posts", shard),
                     self._connection_key(sender),
                     self._audience_key(channel, shard),
+                    self._queue_budget_key() if one_shard else self._hash_tagged("queued", shard),
                 ],
                 args=[
                     sender,
                     seconds,
                     self._max_age_seconds,
-                    int(self._clock() * 1000),
                     limits.publish_rate_per_second,
                     limits.publish_burst,
                     limits.max_posts_per_second,
@@ -627,6 +773,12 @@ class ConnectionRegistry:
                     self._channels_per_connection,
                     seconds + self._max_age_seconds,
                     self._inline_max,
+                    limits.publish_rate_per_user,
+                    limits.queue_backlog,
+                    limits.inline_reserve,
+                    1 if one_shard else 0,  # the post budget is this script's: replies are paid from it
+                    self._hash_tagged("user:", shard),  # + the sender's principal key: its user's bucket
+                    self._bucket_now_ms(),
                 ],
             )
         self._raise_refusal(reply)
@@ -640,14 +792,20 @@ class ConnectionRegistry:
         return Snapshot(live=live, stale=stale, lost=lost)
 
     def _raise_refusal(self, reply: list) -> None:
-        """Turn a script's refusal (its first element is 1 to 4) into the exception that says why."""
+        """Turn a script's refusal into the exception that says why."""
         outcome = int(reply[0])
-        if outcome in _REFUSALS:
-            raise _REFUSALS[outcome](int(reply[1]) / 1000, first=int(reply[2]) == 1)
-        if outcome == 3:
-            raise ChannelForbidden(reply[1])
-        if outcome == 4:
-            raise TooManyChannels(f"at most {self._channels_per_connection} channels")
+        if outcome in (_GRANTED, _QUEUED):
+            return
+        if outcome == _CLOSED:
+            raise ConnectionClosed("the connection's $disconnect has run")
+        first = int(reply[2]) == 1
+        if outcome in _OVER_LIMITS:
+            raise _OVER_LIMITS[outcome](int(reply[1]) / 1000, first=first)
+        if outcome == _FORBIDDEN:
+            raise ChannelForbidden(reply[3], first=first)
+        if outcome == _TOO_MANY:
+            raise TooManyChannels(f"at most {self._channels_per_connection} channels", first=first)
+        raise _CallerRefusal("refused by the caller", first=first)
 
     def _hash_tagged(self, name: str, shard: int) -> str:
         """A key in one shard's slot; with one shard, the keys are those of an unsharded registry."""
@@ -660,6 +818,9 @@ class ConnectionRegistry:
     def _posts_key(self) -> str:
         return _hash_tagged(self._prefix, "posts")
 
+    def _queue_budget_key(self) -> str:
+        return _hash_tagged(self._prefix, "queued")
+
     def _connection_key(self, connection_id: str) -> str:
         return self._hash_tagged(f"conn:{connection_id}", self.shard_of(connection_id))
 
@@ -668,6 +829,10 @@ class ConnectionRegistry:
 
     def _audience_key(self, channel: str | None, shard: int) -> str:
         return self._registry_key(shard) if channel is None else self._channel_key(channel, shard)
+
+    def _bucket_now_ms(self) -> int:
+        """The buckets' time: -1, Redis's own (TIME), unless a test steps a clock of its own."""
+        return -1 if self._bucket_clock is None else int(self._bucket_clock() * 1000)
 
     def _stale_cutoff(self) -> int:
         """An entry connected at or before this second has reached the maximum age."""

@@ -20,6 +20,9 @@ API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS = 29
 # Recipients one invocation delivers itself before a publish becomes queued jobs: at 64 posts in
 # flight and 20 ms a post, about 3 s of a Lambda's time (bench/README.md, "broadcast at scale").
 FANOUT_INLINE_MAX_DEFAULT = 10_000
+# How far ahead of the post budget the queue admits broadcasts: seconds of MAX_POSTS_PER_SECOND. The
+# queue's age alarm fires at 300 s, so an admitted backlog never trips it by itself.
+FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT = 300.0
 # Registry shards: each is its own cluster slot; a small publish reads one key per shard.
 MAX_REGISTRY_SHARDS = 1024
 
@@ -90,6 +93,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     publish_rate_per_second: float = 5.0
     publish_burst: int = 20
+    publish_rate_per_user: float = 0.0
     max_posts_per_second: int = 5000
     channels_per_connection: int = 20
     websocket_api_id: str | None = None
@@ -97,6 +101,7 @@ class Settings:
     registry_shards: int = 1
     fanout_queue_url: str | None = None
     fanout_inline_max: int = FANOUT_INLINE_MAX_DEFAULT
+    fanout_queue_backlog_seconds: float = FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -132,6 +137,7 @@ class Settings:
             allowed_origins=_origins(env),
             publish_rate_per_second=_number(env, "PUBLISH_RATE_PER_SECOND", float, 5.0, low=0, high=1000),
             publish_burst=_number(env, "PUBLISH_BURST", int, 20, low=1, high=100_000),
+            publish_rate_per_user=_number(env, "PUBLISH_RATE_PER_USER", float, 0.0, low=0, high=100_000),
             max_posts_per_second=_number(env, "MAX_POSTS_PER_SECOND", int, 5000, low=0, high=1_000_000),
             channels_per_connection=_number(env, "CHANNELS_PER_CONNECTION", int, 20, low=1, high=1000),
             websocket_api_id=env.get("WEBSOCKET_API_ID", "").strip() or None,
@@ -140,6 +146,14 @@ class Settings:
             fanout_queue_url=_queue_url(env),
             fanout_inline_max=_number(
                 env, "FANOUT_INLINE_MAX", int, FANOUT_INLINE_MAX_DEFAULT, low=1, high=1_000_000
+            ),
+            fanout_queue_backlog_seconds=_number(
+                env,
+                "FANOUT_QUEUE_BACKLOG_SECONDS",
+                float,
+                FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT,
+                low=1,
+                high=API_GATEWAY_MAX_CONNECTION_SECONDS,
             ),
         )
 

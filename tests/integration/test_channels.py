@@ -115,7 +115,9 @@ def test_disconnect_leaves_every_channel(gateway, redis_server):
         for key in client.keys(f"{{{prefix}}}:*")
         if client.type(key) == "hash"
     )
-    assert client.exists(f"{{{prefix}}}:conn:{bob.connection_id}") == 0
+    # Only a short-lived tombstone stays, so a late message cannot bring bob back
+    tombstone = f"{{{prefix}}}:conn:{bob.connection_id}"
+    assert client.hgetall(tombstone) == {"#gone": "1"} and 0 < client.ttl(tombstone) <= 60
     assert not client.hexists(registry_key(prefix), bob.connection_id)
 
 

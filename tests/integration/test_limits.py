@@ -1,4 +1,5 @@
-"""The per-connection rate and the whole API's post budget, at their exact boundaries (injected clock),
+"""The per-connection rate and the whole API's post budget, at their exact boundaries (a stepped clock in
+place of Redis's),
 and the registry healing itself from the messages its connections send. fakeredis and redis-server alike.
 """
 
@@ -37,7 +38,12 @@ def clock() -> Clock:
 
 def registry_with(redis_client, clock, **limits) -> ConnectionRegistry:
     registry = ConnectionRegistry(
-        redis_client, prefix="limits", max_age_seconds=7200, limits=Limits(**limits), clock=clock
+        redis_client,
+        prefix="limits",
+        max_age_seconds=7200,
+        limits=Limits(**limits),
+        clock=clock,
+        bucket_clock=clock,
     )
     registry.add(SENDER, int(NOW * 1000))
     return registry
@@ -72,17 +78,21 @@ def test_a_sender_gets_its_burst_then_one_message_per_interval(redis_client, clo
 
 
 def test_the_budget_takes_one_post_per_recipient(redis_client, clock):
-    # GIVEN five recipients besides the sender and a budget of 10 posts a second
+    # GIVEN five recipients besides the sender and a budget of 10 posts a second (inline reserve: 2)
     registry = registry_with(redis_client, clock, max_posts_per_second=10)
     for index in range(5):
         registry.add(f"R{index:014d}=", int(NOW * 1000))
     publish(registry)
     publish(registry)
-    # WHEN the budget is spent THEN the next publish is refused until 5 posts' worth has come back
+    # WHEN the budget is spent THEN the next publish is refused until the reserve's 2 posts are back,
+    # and the one its error reply took
     with pytest.raises(OverCapacity) as refused:
         publish(registry)
-    assert refused.value.retry_after == 0.5
-    clock.now = NOW + 0.5
+    assert refused.value.retry_after == 0.3
+    clock.now = NOW + 0.299
+    with pytest.raises(OverCapacity):
+        publish(registry)
+    clock.now = NOW + 0.3
     assert len(publish(registry).live) == 6
 
 
@@ -94,22 +104,23 @@ def test_echo_costs_one_more_post(redis_client, clock):
         publish(registry)  # 1 more
 
 
-def test_a_publish_larger_than_the_budget_goes_out_when_it_is_full_and_leaves_a_debt(redis_client, clock):
-    # GIVEN 6 recipients and a budget of 3 posts a second
+def test_a_publish_larger_than_the_budget_goes_out_and_leaves_a_debt(redis_client, clock):
+    # GIVEN 6 recipients and a budget of 3 posts a second (no reserve: a publish needs one post)
     registry = registry_with(redis_client, clock, max_posts_per_second=3)
     for index in range(6):
         registry.add(f"R{index:014d}=", int(NOW * 1000))
     # WHEN one publish needs more than a second's budget THEN it still goes out
     publish(registry)
-    # AND the debt (3 - 6 = -3) is paid back before the next: 3 + 3 posts at 3 a second = 2 s
+    # AND the debt (3 - 6 = -3) is paid back before the next: 3 + 1 posts, and 1 for the refusal's error
+    # reply, at 3 a second
     with pytest.raises(OverCapacity) as refused:
         publish(registry)
-    assert refused.value.retry_after == 2.0
-    clock.now = NOW + 2
+    assert refused.value.retry_after == 1.667
+    clock.now = NOW + 1.667
     publish(registry)
 
 
-def test_a_refused_publish_takes_nothing_from_the_senders_rate(redis_client, clock):
+def test_a_publish_refused_for_capacity_still_takes_the_senders_token(redis_client, clock):
     registry = registry_with(
         redis_client, clock, publish_rate_per_second=1, publish_burst=1, max_posts_per_second=1
     )
@@ -119,8 +130,9 @@ def test_a_refused_publish_takes_nothing_from_the_senders_rate(redis_client, clo
     redis_client.hset(registry_key_budget, mapping={"tokens": -10, "at": int(NOW * 1000)})
     with pytest.raises(OverCapacity):
         publish(registry)
-    # The sender's one token is still there: a keepalive goes through.
-    registry.touch(SENDER, int(NOW * 1000))
+    # Every message takes a token, so a retrying flood is held to the sender's rate.
+    with pytest.raises(RateLimited):
+        registry.touch(SENDER, int(NOW * 1000))
 
 
 def test_limits_switched_off_let_everything_through(redis_client, clock):

@@ -39,6 +39,7 @@ def sharded(redis_client, shards: int, clock=None, **options) -> ConnectionRegis
         max_age_seconds=7200,
         shards=shards,
         clock=clock or Clock(),
+        bucket_clock=clock or Clock(),
         **options,
     )
 
@@ -112,8 +113,9 @@ def test_an_audience_past_the_inline_max_is_counted_not_read(redis_client, shard
     assert queued.sizes == {
         shard: size for shard, key in enumerate(registry.registry_keys()) if (size := redis_client.hlen(key))
     }
-    # AND no budget was taken: the workers take it as they post
-    assert registry.lease_posts(100) == (100, 0.0)
+    # AND it was admitted against the queue's budget: the post budget is the workers' as they post, all
+    # of it but the inline reserve
+    assert registry.lease_posts(100) == (75, 0.0)
     # AND each shard's part is read by the job for that shard
     parts = [registry.read_shard(shard).live for shard in queued.sizes]
     assert sorted(member for part in parts for member in part) == sorted(ids)
@@ -126,20 +128,21 @@ def test_an_audience_past_the_inline_max_is_counted_not_read(redis_client, shard
 
 def test_the_lease_paces_without_debt_and_waits_out_an_inline_publishs_debt(redis_client):
     clock = Clock()
+    # GIVEN 10 posts a second, of which 2 are the inline publishes' reserve
     registry = sharded(redis_client, 1, clock, limits=Limits(max_posts_per_second=10))
     assert registry.lease_posts(4) == (4, 0.0)
     assert registry.lease_posts(10) == (0, pytest.approx(0.4)), "all of a lease or none, never a debt"
-    assert registry.lease_posts(6) == (6, 0.0)
+    assert registry.lease_posts(4) == (4, 0.0)
     clock.now += 0.5
-    assert registry.lease_posts(50) == (0, pytest.approx(0.5)), "at most a second's worth"
-    clock.now += 0.5
-    assert registry.lease_posts(50) == (10, 0.0)
-    # GIVEN an inline publish to 30 that leaves a debt (it is granted on a full bucket)
+    assert registry.lease_posts(50) == (0, pytest.approx(0.3)), "a second's worth at most, less the reserve"
+    clock.now += 0.3
+    assert registry.lease_posts(50) == (8, 0.0)
+    # GIVEN an inline publish to 30 that leaves a debt (it goes once the budget holds the reserve)
     clock.now += 1
     for connection_id in connection_ids(30):
         registry.add(connection_id, CONNECTED_AT_MS)
     registry.begin_backend_publish()
-    # THEN a worker waits until the debt is paid: 20 posts at 10 a second
-    assert registry.lease_posts(1) == (0, pytest.approx(2.1))
+    # THEN a worker waits until the debt is paid and the reserve is back: 20 + 2 + 1 posts at 10 a second
+    assert registry.lease_posts(1) == (0, pytest.approx(2.3))
     with pytest.raises(OverCapacity):
         registry.begin_backend_publish()

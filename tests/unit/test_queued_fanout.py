@@ -7,6 +7,7 @@ Management API and an in-memory queue (SQS itself: tests/integration and tests/e
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import fakeredis
@@ -30,15 +31,24 @@ class InMemoryQueue:
         self.messages: list[tuple[str, str]] = []
         self.down = False
         self.sent = 0
+        self.failing_entries: set[int] = set()  # entries SQS reports as Failed, counted from 1
 
     def send_message_batch(self, QueueUrl, Entries):
         if self.down:
             from botocore.exceptions import EndpointConnectionError
 
             raise EndpointConnectionError(endpoint_url=QueueUrl)
-        self.messages.extend((uuid.uuid4().hex, entry["MessageBody"]) for entry in Entries)
-        self.sent += len(Entries)
-        return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
+        taken, failed = [], []
+        for entry in Entries:
+            self.sent += 1
+            (failed if self.sent in self.failing_entries else taken).append(entry)
+        self.messages.extend((uuid.uuid4().hex, entry["MessageBody"]) for entry in taken)
+        return {
+            "Successful": [{"Id": entry["Id"]} for entry in taken],
+            "Failed": [
+                {"Id": entry["Id"], "Code": "InternalError", "SenderFault": False} for entry in failed
+            ],
+        }
 
     def drain(self, broadcaster: Broadcaster, *, max_receives: int = 3) -> int:
         """Run the worker until the queue is empty; how many invocations it took."""
@@ -235,3 +245,33 @@ def test_a_worker_without_its_queue_says_so_and_posts_nothing(api, json_log):
     assert broadcaster.deliver_jobs([("m1", body)], remaining_seconds=60) == ["m1"]
     assert api.inbox == {}
     assert any("FANOUT_QUEUE_URL" in line["message"] for line in json_log())
+
+
+def test_a_partly_failed_hand_on_sends_again_only_what_sqs_did_not_take(api, queue, json_log):
+    # GIVEN a shard of 13, so a worker delivers 5 and hands on 8 in two jobs, and SQS refuses the second
+    broadcaster = queued_broadcaster(api, queue)
+    connections = [join(broadcaster, api) for _ in range(13)]
+    say(broadcaster, connections[0], {"type": 1, "echo": True})
+    queue.failing_entries = {3}  # the publish's job was the first entry; the hand-on's are 2 and 3
+    queue.drain(broadcaster)
+    # THEN everyone gets it exactly once: the refused part goes with the worker's retries, alone
+    assert sorted(len(api.inbox[c.connection_id]) for c in connections) == [1] * 13
+    assert "the job is retried whole: its delivered recipients may receive it twice" not in [
+        line["message"] for line in json_log()
+    ]
+
+
+def test_a_job_older_than_the_longest_connection_is_dropped(api, queue, json_log):
+    broadcaster = queued_broadcaster(api, queue)
+    connections = [join(broadcaster, api) for _ in range(3)]
+    old = Job(
+        publish_id="p",
+        api_id="a",
+        stage="api",
+        payload=b'{"type":1}',
+        recipients=tuple(c.connection_id for c in connections),
+        queued_at=int(time.time()) - 7200,
+    )
+    assert broadcaster.deliver_jobs([("m-old", old.to_body())], remaining_seconds=60) == []
+    assert api.inbox == {}
+    assert any(line["message"].startswith("job expired") for line in json_log())
