@@ -98,8 +98,18 @@ def test_queued_fanout_is_off_until_a_queue_is_named_and_the_registry_has_one_sh
         ("FANOUT_INLINE_MAX", "0"),
         ("REGISTRY_SHARDS", "0"),
         ("REGISTRY_SHARDS", "4096"),
+        ("FANOUT_QUEUE_BACKLOG_SECONDS", "0"),
+        ("FANOUT_QUEUE_BACKLOG_SECONDS", "7201"),
+        ("PUBLISH_RATE_PER_USER", "-1"),
     ],
 )
 def test_queue_and_shard_mistakes_name_their_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({**BASE, name: value})
+
+
+def test_the_per_user_rate_is_off_and_the_queue_admits_five_minutes_of_budget_by_default():
+    settings = Settings.from_env(BASE)
+    assert (settings.publish_rate_per_user, settings.fanout_queue_backlog_seconds) == (0, 300)
+    tuned = Settings.from_env({**BASE, "PUBLISH_RATE_PER_USER": "2.5", "FANOUT_QUEUE_BACKLOG_SECONDS": "60"})
+    assert (tuned.publish_rate_per_user, tuned.fanout_queue_backlog_seconds) == (2.5, 60)
