@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from chalicelib.auth import canonical_origin
+
 # API Gateway closes every WebSocket connection after 2 hours, whatever happens.
 API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
 # API Gateway gives a WebSocket integration at most 29 seconds to answer.
@@ -371,15 +373,16 @@ def _is_https_or_local(url: str) -> bool:
 
 
 def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
-    """ALLOWED_ORIGINS: scheme://host[:port] entries, compared exactly as browsers send Origin."""
-    origins = tuple(
-        part.strip().rstrip("/") for part in env.get("ALLOWED_ORIGINS", "").split(",") if part.strip()
-    )
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+    """ALLOWED_ORIGINS: scheme://host[:port] entries, kept as browsers send Origin (auth.canonical_origin)."""
+    origins = []
+    for part in env.get("ALLOWED_ORIGINS", "").split(","):
+        if not part.strip():
+            continue
+        origin = canonical_origin(part.strip().rstrip("/"))
+        if origin is None:
             raise SettingsError(
                 f"ALLOWED_ORIGINS entries must look like https://app.example.com (scheme, host, optional "
-                f"port, no path), got {origin!r}"
+                f"port, no path), got {part.strip()!r}"
             )
-    return origins
+        origins.append(origin)
+    return tuple(origins)
