@@ -62,8 +62,9 @@ cache ?= $(shell echo '$(stack)' | tr '[:upper:]' '[:lower:]')
 FANOUT_QUEUE := ws-broadcast-fanout
 # Most concurrent fanout_worker invocations on the chalice deploy path (the template's FanoutWorkerMaximumConcurrency).
 worker_concurrency ?= 10
-# The SSM SecureString with the HS256 secret (the template's AuthJwtSecretParameter).
-secret ?= /ws-broadcast/prod/jwt-secret
+# The SSM SecureString with the HS256 secret: the stack's own, as the template (AuthJwtSecretParameter
+# left empty) and write_chalice_config.py derive it, so that two stacks never share one.
+secret ?= /ws-broadcast/$(stack)/jwt-secret
 MERGE_TEMPLATE := $(BUILD)/merge-template.json
 STACK_STEP := AWS=$(AWS) CHALICE=$(CHALICE) $(PY) scripts/aws_stack.py
 
@@ -93,8 +94,10 @@ bucket:
 	scripts/bootstrap python
 	$(STACK_STEP) bucket $(bucket)
 
-## make secret [secret=NAME]: a random HS256 secret in the SSM SecureString NAME (fails if it exists).
+## make secret stack=STACK [secret=NAME]: a random HS256 secret in the SSM SecureString NAME, by default
+## /ws-broadcast/STACK/jwt-secret, the one the stack STACK reads (fails if it exists).
 secret:
+	@test -n "$(stack)$(filter command line,$(origin secret))" || { echo "make secret: stack is missing: make secret stack=<the stack that will read it> (or secret=/path/name)" >&2; exit 2; }
 	scripts/bootstrap python
 	$(STACK_STEP) secret $(secret)
 

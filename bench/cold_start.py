@@ -4,8 +4,11 @@ Each package is unzipped into a read-only directory and imported by a fresh inte
 no bytecode, with boto3 and botocore on the path after it, compiled, as Lambda's runtime provides them
 (scripts/lambda_import.py). Ours against:
 - the minimal Chalice WebSocket app (bench/minimal_app: boto3 + redis) packaged the same way
-  (chalice package, then scripts/ship_bytecode.py); goal at most 1.2x, also with AUTH_MODE=jwt's
-  `import jwt` (and cryptography) added to ours;
+  (chalice package, then scripts/ship_bytecode.py); goal at most 1.2x; and with what `$connect` of
+  an AUTH_MODE=jwt stage imports on its first token added to ours: chalicelib.tokens and chalicelib.jwk
+  (a JWKS stage, RS256/ES256 through cryptography's primitives; goal at most 1.15x), chalicelib.tokens
+  alone (an HS256 stage: the standard library), and, before, PyJWT (`import jwt`, what tokens.py used
+  to import) from a copy of our package that bundles it;
 - our own package imported with a warm bytecode cache (its sources in a writable directory, after
   one untimed import wrote their bytecode);
   goal at most 1.3x: shipping bytecode leaves almost nothing to compile;
@@ -39,6 +42,14 @@ RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "
 # The project files `chalice package` needs, for a copy packaged with other requirements.
 PROJECT_FILES = ("app.py", "chalicelib", ".chalice")
 MB = 1024 * 1024
+# What tokens.py imported before it verified tokens itself, for the before-and-after figure.
+PYJWT_REQUIREMENT = "PyJWT==2.15.1\n"
+# $connect's imports on its first token with AUTH_MODE=jwt: (package, modules), now and before.
+CONNECT_JWT = {
+    "jwks": ("ours", ("app", "chalicelib.tokens", "chalicelib.jwk")),
+    "hs256": ("ours", ("app", "chalicelib.tokens")),
+    "pyjwt": ("pyjwt", ("app", "jwt")),
+}
 
 
 def _run(command: list[str], cwd: Path) -> None:
@@ -103,12 +114,16 @@ def sizes(archive: Path) -> tuple[float, float]:
 
 def run(tmp_dir) -> list[Figure]:
     tmp = Path(tmp_dir) / "coldstart"
-    print("coldstart: packaging ours, the minimal app, and ours with boto3 bundled", flush=True)
+    print("coldstart: packaging ours, the minimal app, ours with boto3 bundled, ours with PyJWT", flush=True)
     ours_zip = package_ours(tmp / "ours" / "out")
     minimal_zip = package_like_ours(REPO / "bench" / "minimal_app", "dev", tmp / "minimal" / "out")
     bundled_requirements = (REPO / "requirements.txt").read_text() + "boto3==1.44.8\nbotocore==1.44.8\n"
     bundled_zip = package_like_ours(
         project_copy(tmp / "bundled", bundled_requirements), "prod", tmp / "bundled" / "out"
+    )
+    pyjwt_requirements = (REPO / "requirements.txt").read_text() + PYJWT_REQUIREMENT
+    pyjwt_zip = package_like_ours(
+        project_copy(tmp / "pyjwt", pyjwt_requirements), "prod", tmp / "pyjwt" / "out"
     )
     sources_zip = without_bytecode(ours_zip, tmp / "sources.zip")
     runtime = lambda_runtime(tmp / "runtime")
@@ -118,6 +133,7 @@ def run(tmp_dir) -> list[Figure]:
         "minimal": unpack_read_only(minimal_zip, tmp / "run" / "minimal"),
         "bundled": unpack_read_only(bundled_zip, tmp / "run" / "bundled"),
         "sources": unpack_read_only(sources_zip, tmp / "run" / "sources"),
+        "pyjwt": unpack_read_only(pyjwt_zip, tmp / "run" / "pyjwt"),
     }
     warm = tmp / "run" / "warm"  # the sources, where Python writes its own bytecode as it imports them
     with zipfile.ZipFile(sources_zip) as zipped:
@@ -130,14 +146,14 @@ def run(tmp_dir) -> list[Figure]:
 
     sample("warm")  # writes whatever bytecode the warm copy still lacks
     times: dict[str, list[float]] = {
-        key: [] for key in ("ours", "minimal", "warm", "sources", "bundled", "jwt")
+        key: [] for key in ("ours", "minimal", "warm", "sources", "bundled", *CONNECT_JWT)
     }
     for round_ in range(SAMPLES):
         print(f"coldstart: round {round_ + 1}/{SAMPLES}", flush=True)
         for name in ("ours", "minimal", "warm", "sources", "bundled"):
             times[name].append(sample(name)["app"])
-        with_jwt = sample("ours", ("app", "jwt"))
-        times["jwt"].append(with_jwt["app"] + with_jwt["jwt"])
+        for case, (package, modules) in CONNECT_JWT.items():
+            times[case].append(sum(sample(package, modules).values()))
     for directory in dirs.values():
         make_writable(directory)
     median = {key: statistics.median(values) for key, values in times.items()}
@@ -147,8 +163,14 @@ def run(tmp_dir) -> list[Figure]:
     figures = [
         Figure("cold start", f"import app, {as_lambda}", "ms", median["ours"], median["minimal"],
                "minimal Chalice WebSocket app, packaged the same way", "<= 1.2"),
-        Figure("cold start", "import app + jwt (AUTH_MODE=jwt)", "ms", median["jwt"], median["minimal"],
-               "minimal Chalice WebSocket app", "<= 1.2"),
+        Figure("cold start", "import app + tokens + jwk ($connect, AUTH_MODE=jwt, JWKS)", "ms", median["jwks"],
+               median["minimal"], "minimal Chalice WebSocket app", "<= 1.15"),
+        Figure("cold start", "import app + tokens ($connect, AUTH_MODE=jwt, HS256)", "ms", median["hs256"],
+               median["minimal"], "minimal Chalice WebSocket app", "<= 1.15"),
+        Figure("cold start", "before: import app + PyJWT ($connect, AUTH_MODE=jwt)", "ms", median["pyjwt"],
+               median["minimal"], "minimal Chalice WebSocket app"),
+        Figure("cold start", "$connect's JWT imports, JWKS stage: now against before", "ms", median["jwks"],
+               median["pyjwt"], "import app + PyJWT"),
         Figure("cold start", "import app, shipped bytecode", "ms", median["ours"], median["warm"],
                "our package with a warm bytecode cache", "<= 1.3"),
         Figure("cold start", "import app without bytecode (chalice package alone)", "ms", median["sources"],

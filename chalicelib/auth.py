@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from chalicelib.envelope import CHANNEL_CHARACTERS, CHANNEL_NAME, MAX_CHANNEL_LENGTH
 
@@ -88,12 +89,16 @@ class Admission:
 class Gatekeeper:
     def __init__(self, verifier: TokenVerifier | None, allowed_origins: tuple[str, ...] = ()) -> None:
         self._verifier = verifier
-        self._allowed_origins = frozenset(allowed_origins)
+        self._allowed_origins = frozenset(canonical_origin(origin) for origin in allowed_origins) - {None}
 
     def admit(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Admission:
         """Decide a handshake; ``headers`` has lower-case names. Raise a ``Refused`` to refuse it."""
         origin = headers.get("origin")
-        if self._allowed_origins and origin is not None and origin not in self._allowed_origins:
+        if (
+            self._allowed_origins
+            and origin is not None
+            and canonical_origin(origin) not in self._allowed_origins
+        ):
             raise Forbidden(f"origin {origin!r} is not allowed to connect")
         offered = _offered_subprotocols(headers)
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
@@ -109,6 +114,31 @@ class Gatekeeper:
         return Admission(
             principal=str(claims["sub"]), subprotocol=subprotocol, permissions=permissions_from(claims)
         )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` with scheme and host lower-cased and the scheme's default port dropped,
+    or None when ``origin`` is no such origin (``null``, a path, credentials, a bad port).
+
+    Scheme and host are case-insensitive (RFC 6454, 4) and browsers send them lower-cased, while an
+    operator may write ``https://App.example.com:443``: both sides of the allow-list check pass through
+    here, so the comparison is of origins, not of spellings.
+    """
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or parts.path or parts.query or parts.fragment:
+        return None
+    if "@" in parts.netloc or any(character.isspace() for character in origin):
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}")
 
 
 def permissions_from(claims: Mapping[str, Any]) -> Permissions:

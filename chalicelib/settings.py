@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from chalicelib.auth import canonical_origin
+
 # API Gateway closes every WebSocket connection after 2 hours, whatever happens.
 API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
 # API Gateway gives a WebSocket integration at most 29 seconds to answer.
@@ -36,7 +38,7 @@ class SettingsError(ValueError):
 REDIS_AUTH_MODES = ("none", "iam")
 AUTH_MODES = ("jwt", "none")
 # HS256 needs a key at least as long as its hash (RFC 7518, 3.2).
-_MIN_SECRET_BYTES = 32
+MIN_SECRET_BYTES = 32
 # Clock skew tolerated on exp, nbf and iat between the token's issuer and Lambda.
 AUTH_LEEWAY_SECONDS = 30
 # ElastiCache user ids and replication group ids: a letter, then letters, digits and single hyphens.
@@ -361,11 +363,8 @@ def _auth(env: Mapping[str, str]) -> AuthSettings:
             "anyone who may read its configuration. In Lambda, put it in an SSM SecureString and set "
             "AUTH_JWT_SECRET_PARAMETER to its name (make secret), or use AUTH_JWKS_URL"
         )
-    if secret is not None and len(secret.encode()) < _MIN_SECRET_BYTES:
-        raise SettingsError(
-            f"AUTH_JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes for HS256; make one with "
-            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-        )
+    if secret is not None:
+        check_secret_length(secret, "AUTH_JWT_SECRET")
     return AuthSettings(
         mode="jwt",
         jwks_url=jwks_url,
@@ -374,6 +373,17 @@ def _auth(env: Mapping[str, str]) -> AuthSettings:
         issuer=values["AUTH_ISSUER"],
         audience=values["AUTH_AUDIENCE"],
     )
+
+
+def check_secret_length(secret: str, source: str) -> None:
+    """Wherever an HS256 secret comes from (the environment, SSM), a short one is refused: a 3-byte
+    secret can be guessed, and every token it signs would verify. ``source`` names where it came from;
+    the message never holds the secret."""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(
+            f"{source} must be at least {MIN_SECRET_BYTES} bytes for HS256: put a longer secret there "
+            "(make secret writes 64 random ones; or python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
 
 
 def _is_https_or_local(url: str) -> bool:
@@ -385,15 +395,16 @@ def _is_https_or_local(url: str) -> bool:
 
 
 def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
-    """ALLOWED_ORIGINS: scheme://host[:port] entries, compared exactly as browsers send Origin."""
-    origins = tuple(
-        part.strip().rstrip("/") for part in env.get("ALLOWED_ORIGINS", "").split(",") if part.strip()
-    )
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+    """ALLOWED_ORIGINS: scheme://host[:port] entries, kept as browsers send Origin (auth.canonical_origin)."""
+    origins = []
+    for part in env.get("ALLOWED_ORIGINS", "").split(","):
+        if not part.strip():
+            continue
+        origin = canonical_origin(part.strip().rstrip("/"))
+        if origin is None:
             raise SettingsError(
                 f"ALLOWED_ORIGINS entries must look like https://app.example.com (scheme, host, optional "
-                f"port, no path), got {origin!r}"
+                f"port, no path), got {part.strip()!r}"
             )
-    return origins
+        origins.append(origin)
+    return tuple(origins)

@@ -20,6 +20,10 @@ For the stage it sets, and leaves everything else in the file as it was:
     one-stack path, `make deploy`, scopes it to the API itself); and the fan-out queue (output
     FanoutQueueArn): sending, and what the worker's event source mapping does with its role. This
     one policy serves every function (the one-stack path gives each its own role);
+  - the stage's AUTH_ISSUER, AUTH_AUDIENCE (``ws-broadcast-<stack>``) and AUTH_JWT_SECRET_PARAMETER
+    (``/ws-broadcast/<stack>/jwt-secret``, what `make secret stack=<stack>` writes), when the stage
+    verifies tokens and does not name its own: the names infra/app.yaml derives from its stack's
+    name, so that two stacks in one account never accept each other's tokens;
   - ``log_retention_in_days`` (chalice then creates each function's log group with that retention, and
     `chalice delete` removes it) and websocket_message's ``reserved_concurrency``, as the template's
     LogRetentionDays and MessageReservedConcurrency do on the one-stack path.
@@ -59,8 +63,9 @@ class ConfigError(ValueError):
     pass
 
 
-def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str, str]:
-    """(outputs by key, partition, region, account id) of the one stack in a describe-stacks answer."""
+def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str, str, str]:
+    """(outputs by key, partition, region, account id, stack name) of the one stack in a
+    describe-stacks answer."""
     stacks = describe_stacks.get("Stacks") or []
     if len(stacks) != 1:
         raise ConfigError(f"expected exactly one stack in the describe-stacks output, found {len(stacks)}")
@@ -79,13 +84,31 @@ def stack_outputs(describe_stacks: dict) -> tuple[dict[str, str], str, str, str]
         )
     # arn:PARTITION:cloudformation:REGION:ACCOUNT:stack/NAME/ID
     arn = stack["StackId"].split(":")
-    return outputs, arn[1], arn[3], arn[4]
+    return outputs, arn[1], arn[3], arn[4], stack["StackName"]
+
+
+def stage_environment(config: dict, stage: str) -> dict[str, str]:
+    """The stage's variables as chalice merges them: the top level's, then the stage's."""
+    env = {**config.get("environment_variables", {})}
+    env.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
+    return env
+
+
+def auth_names(config: dict, stage: str, stack: str) -> dict[str, str]:
+    """The auth names the stage lacks, derived from the stack's name (as infra/app.yaml derives them
+    from AWS::StackName); none when the stage verifies no tokens."""
+    env = stage_environment(config, stage)
+    if env.get("AUTH_MODE") != "jwt":
+        return {}
+    derived = {"AUTH_ISSUER": f"ws-broadcast-{stack}", "AUTH_AUDIENCE": f"ws-broadcast-{stack}"}
+    if not (env.get("AUTH_JWKS_URL") or env.get("AUTH_JWT_SECRET")):
+        derived["AUTH_JWT_SECRET_PARAMETER"] = f"/ws-broadcast/{stack}/jwt-secret"
+    return {name: value for name, value in derived.items() if not env.get(name)}
 
 
 def secret_parameter(config: dict, stage: str) -> str | None:
     """The SSM parameter the stage reads its HS256 secret from (None with a JWKS URL)."""
-    env = {**config.get("environment_variables", {})}
-    env.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
+    env = stage_environment(config, stage)
     if env.get("AUTH_JWKS_URL"):
         return None
     return env.get("AUTH_JWT_SECRET_PARAMETER")
@@ -198,9 +221,10 @@ def update_config(
     policy_file: str,
     log_retention_days: int = 30,
     message_reserved_concurrency: int = 100,
+    stack: str = "",
 ) -> dict:
-    """Return ``config`` with the stage wired to the stack's outputs; other keys are kept.
-    ``message_reserved_concurrency`` 0 means no reservation."""
+    """Return ``config`` with the stage wired to the stack's outputs (and, with ``stack``, the auth
+    names derived from it); other keys are kept. ``message_reserved_concurrency`` 0 means no reservation."""
     subnets = [s.strip() for s in outputs["PrivateSubnetIds"].split(",") if s.strip()]
     groups = [outputs["FunctionSecurityGroupId"]]
     env = {
@@ -209,8 +233,9 @@ def update_config(
         "REDIS_IAM_USER_ID": outputs["RedisIamUserId"],
         "REDIS_IAM_CACHE_NAME": outputs["RedisIamCacheName"],
     }
+    auth = auth_names(config, stage, stack) if stack else {}
     stage_config = config.setdefault("stages", {}).setdefault(stage, {})
-    stage_config.setdefault("environment_variables", {}).update(env)
+    stage_config.setdefault("environment_variables", {}).update({**env, **auth})
     stage_config["autogen_policy"] = False
     stage_config["iam_policy_file"] = policy_file
     stage_config["log_retention_in_days"] = log_retention_days
@@ -260,16 +285,24 @@ def main(argv: list[str] | None = None) -> int:
         record_deployed(args.config, args.deployed, args.stage)
         return 0
     try:
-        outputs, partition, region, account = stack_outputs(json.loads(args.describe_stacks.read_text()))
+        outputs, partition, region, account, stack = stack_outputs(
+            json.loads(args.describe_stacks.read_text())
+        )
         config = json.loads(args.config.read_text())
     except (ConfigError, OSError, json.JSONDecodeError) as error:
         print(f"write_chalice_config: {error}", file=sys.stderr)
         return 1
     policy_file = f"policy-{args.stage}.json"
-    secret = secret_parameter(config, args.stage)
     update_config(
-        config, args.stage, outputs, policy_file, args.log_retention_days, args.message_reserved_concurrency
+        config,
+        args.stage,
+        outputs,
+        policy_file,
+        args.log_retention_days,
+        args.message_reserved_concurrency,
+        stack,
     )
+    secret = secret_parameter(config, args.stage)
     (args.config.parent / policy_file).write_text(
         json.dumps(policy(outputs, partition, region, account, secret), indent=2) + "\n"
     )

@@ -217,11 +217,12 @@ def test_bucket_is_created_in_the_region_of_the_stack(sandbox, region, location)
 
 def test_secret_is_a_random_securestring_never_on_a_command_line(sandbox):
     _, make, calls = sandbox
-    assert make("secret").returncode == 0
-    assert make("secret").returncode == 0
+    assert make("secret", "stack=ws-broadcast").returncode == 0
+    assert make("secret", "stack=ws-broadcast").returncode == 0
     (first,), (second,) = _aws(calls()[:1]), _aws(calls()[1:])
     assert first[:2] == ["ssm", "put-parameter"]
-    assert _option(first, "--name") == "/ws-broadcast/prod/jwt-secret"
+    # the stack's own name, the one its template derives: two stacks never share a secret
+    assert _option(first, "--name") == "/ws-broadcast/ws-broadcast/jwt-secret"
     assert _option(first, "--type") == "SecureString"
     assert "--overwrite" not in first  # an existing secret is never replaced by accident
     # the value travels in a private file (gone once the call returns), not in the process list
@@ -296,7 +297,7 @@ def test_destroy_keeps_the_secret_unless_it_is_named(sandbox):
     assert not [call for call in _aws(calls()) if call[0] == "ssm"]
 
 
-@pytest.mark.parametrize("target", ["destroy", "endpoint", "bucket"])
+@pytest.mark.parametrize("target", ["destroy", "endpoint", "bucket", "secret"])
 def test_targets_refuse_without_their_argument(sandbox, target):
     _, make, calls = sandbox
     result = make(target)
@@ -352,7 +353,7 @@ GLOBAL_OPTIONS = {"--output", "--region", "--profile", "--query", "--no-paginate
         ("network", "stack=ws-net"),
         ("chalice-config", "stack=ws-net"),
         ("bucket", "bucket=b"),
-        ("secret",),
+        ("secret", "stack=s"),
         ("endpoint", "stack=s"),
         ("destroy", "stack=ws-net", "bucket=b", "secret=/x"),
         ("chalice-deploy",),

@@ -381,6 +381,16 @@ def test_role_keeps_every_other_permission_chalice_grants(resources, role, sids)
             assert "*" not in _actions({"Action": node}), f"wildcard action at {path}"
 
 
+# The SSM parameter's name: the one given, else this stack's own.
+SECRET_PARAMETER = {
+    "Fn::If": [
+        "DefaultJwtSecretParameter",
+        {"Fn::Sub": "/ws-broadcast/${AWS::StackName}/jwt-secret"},
+        {"Ref": "AuthJwtSecretParameter"},
+    ]
+}
+
+
 @pytest.mark.parametrize("role", ["DefaultRole", "PublisherRole"])
 def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(template, resources, role):
     (policy,) = resources[role]["Properties"]["Policies"]
@@ -393,28 +403,47 @@ def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(temp
         "Effect": "Allow",
         "Action": "ssm:GetParameter",
         "Resource": {
-            "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
-            ":parameter${AuthJwtSecretParameter}"
+            "Fn::Sub": [
+                "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${Name}",
+                {"Name": SECRET_PARAMETER},
+            ]
         },
     }
-    # The name starts with "/" (so the ARN is parameter/ws-broadcast/...), and no other action or
-    # statement mentions SSM or KMS (the AWS-managed aws/ssm key needs no grant).
+    assert _deployed(statement["Resource"], template) == (
+        f"arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter/ws-broadcast/{STACK_NAME}/jwt-secret"
+    )
+    # The name, given or derived, starts with "/" (so the ARN is parameter/ws-broadcast/...), and no
+    # other action or statement mentions SSM or KMS (the AWS-managed aws/ssm key needs no grant).
     parameter = template["Parameters"]["AuthJwtSecretParameter"]
-    assert parameter["Default"] == "/ws-broadcast/prod/jwt-secret"
-    assert parameter["AllowedPattern"].startswith("^/")
+    assert parameter["Default"] == ""
+    assert parameter["AllowedPattern"].startswith("^(/")
     others = [s for s in _statements(resources, role) if s != statement]
     assert not [a for s in others for a in _actions(s) if a.startswith(("ssm:", "kms:"))]
     worker = _statements(resources, "FanoutWorkerRole")
     assert not [a for s in worker for a in _actions(s) if a.startswith(("ssm:", "kms:"))]
 
 
+# The stack name the tests deploy as, for what the template derives from AWS::StackName.
+STACK_NAME = "ws-test"
+
+
 def _deployed(value, template: dict):
-    """``value`` as CloudFormation resolves it when every parameter keeps its default (Ref, Fn::If);
-    AWS::NoValue and other intrinsics are returned as they are."""
+    """``value`` as CloudFormation resolves it when every parameter keeps its default (Ref, Fn::If,
+    Fn::Sub of parameters and AWS::StackName); AWS::NoValue and other intrinsics are returned as they are."""
     if isinstance(value, dict) and len(value) == 1:
         ((key, argument),) = value.items()
         if key == "Ref" and argument in template["Parameters"]:
             return str(template["Parameters"][argument]["Default"])
+        if key == "Fn::Sub" and isinstance(argument, list):
+            text, names = argument
+            for name, named in names.items():
+                text = text.replace(f"${{{name}}}", str(_deployed(named, template)))
+            return _deployed({"Fn::Sub": text}, template)
+        if key == "Fn::Sub":
+            text = argument.replace("${AWS::StackName}", STACK_NAME)
+            for name, parameter in template["Parameters"].items():
+                text = text.replace(f"${{{name}}}", str(parameter["Default"]))
+            return text
         if key == "Fn::If":
             condition, when_true, when_false = argument
             holds = _holds(template["Conditions"][condition], template)
@@ -435,11 +464,15 @@ def test_every_function_gets_the_auth_settings_from_the_parameters(template, res
     env = resources[function]["Properties"]["Environment"]["Variables"]
     assert env["AUTH_MODE"] == "jwt"
     assert env["AUTH_JWT_SECRET_PARAMETER"] == {
-        "Fn::If": ["UseJwks", {"Ref": "AWS::NoValue"}, {"Ref": "AuthJwtSecretParameter"}]
+        "Fn::If": ["UseJwks", {"Ref": "AWS::NoValue"}, SECRET_PARAMETER]
     }
     assert env["AUTH_JWKS_URL"] == {"Fn::If": ["UseJwks", {"Ref": "AuthJwksUrl"}, {"Ref": "AWS::NoValue"}]}
-    assert env["AUTH_ISSUER"] == {"Ref": "AuthIssuer"}
-    assert env["AUTH_AUDIENCE"] == {"Ref": "AuthAudience"}
+    for variable, parameter in (("AUTH_ISSUER", "AuthIssuer"), ("AUTH_AUDIENCE", "AuthAudience")):
+        condition = f"Default{parameter}"
+        assert env[variable] == {
+            "Fn::If": [condition, {"Fn::Sub": "ws-broadcast-${AWS::StackName}"}, {"Ref": parameter}]
+        }
+        assert template["Conditions"][condition] == {"Fn::Equals": [{"Ref": parameter}, ""]}
     assert env["ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}
     # As deployed with the defaults: exactly one key source, the SSM parameter.
     deployed = {name: _deployed(value, template) for name, value in env.items()}
@@ -447,13 +480,14 @@ def test_every_function_gets_the_auth_settings_from_the_parameters(template, res
     assert {
         name: auth.get(name) for name in ("AUTH_JWT_SECRET_PARAMETER", "AUTH_JWKS_URL", "AUTH_JWT_SECRET")
     } == {
-        "AUTH_JWT_SECRET_PARAMETER": "/ws-broadcast/prod/jwt-secret",
+        "AUTH_JWT_SECRET_PARAMETER": f"/ws-broadcast/{STACK_NAME}/jwt-secret",
         "AUTH_JWKS_URL": None,
         "AUTH_JWT_SECRET": None,
     }
+    # Each stack its own issuer, audience and secret: one stack never accepts another's tokens.
     assert (auth["AUTH_ISSUER"], auth["AUTH_AUDIENCE"], auth["ALLOWED_ORIGINS"]) == (
-        "ws-broadcast",
-        "ws-broadcast",
+        f"ws-broadcast-{STACK_NAME}",
+        f"ws-broadcast-{STACK_NAME}",
         "",
     )
 

@@ -87,13 +87,13 @@ def test_the_runtime_check_says_what_lambda_will_refuse(runtime, version, today,
 def test_the_zip_holds_the_app_and_its_runtime_dependencies_only(names):
     tops = {name.split("/")[0] for name in names}
     assert {"app.py", "chalicelib/registry.py", "chalicelib/fanout.py", "chalicelib/envelope.py"} <= names
-    assert {"redis", "jwt", "cryptography"} <= tops
+    assert {"redis", "cryptography"} <= tops
     # The Lambda runtime provides boto3 and botocore (with their bytecode): not bundled again.
     assert not tops & {"boto3", "botocore", "s3transfer"}
     # redis-py's C parser, built for Lambda's platform (a manylinux wheel), not for this machine's by chance
     assert any(n.startswith("hiredis/hiredis.cpython-") and n.endswith("-x86_64-linux-gnu.so") for n in names)
     for unwanted in ("tests", "localgw", "bench", "infra", "scripts", "fakeredis", "pytest", "hypothesis",
-                     "aiohttp", "cfnlint"):  # fmt: skip
+                     "aiohttp", "cfnlint", "jwt"):  # fmt: skip
         assert unwanted not in tops, unwanted
 
 
@@ -101,7 +101,7 @@ def test_every_module_ships_with_unchecked_hash_bytecode_for_the_runtime(package
     sources = {n for n in names if n.endswith(".py")}
     tag = sys.implementation.cache_tag  # cpython-3XY: the runtime's Python, checked above
     with zipfile.ZipFile(package_dir / "deployment.zip") as archive:
-        for source in ("app.py", "chalicelib/settings.py", "redis/client.py", "jwt/api_jwt.py"):
+        for source in ("app.py", "chalicelib/settings.py", "redis/client.py", "chalicelib/jwk.py"):
             path = Path(source)
             pyc = f"{path.parent / '__pycache__' / path.stem}.{tag}.pyc".removeprefix("./")
             header = archive.read(pyc)[:16]
@@ -116,12 +116,13 @@ def test_lambda_imports_the_shipped_bytecode_and_compiles_nothing(package_dir, t
     task = lambda_import.unpack_read_only(package_dir / "deployment.zip", tmp_path / "task")
     runtime = Path(importlib.util.find_spec("boto3").submodule_search_locations[0]).parent
     try:
-        # WHEN a fresh interpreter that may write no bytecode imports the handlers, and the JWT library
-        result = lambda_import.import_like_lambda(task, ["app", "jwt"], [runtime], OFFLINE_ENV)
+        # WHEN a fresh interpreter that may write no bytecode imports the handlers, and token verification
+        modules = ["app", "chalicelib.tokens", "chalicelib.jwk"]
+        result = lambda_import.import_like_lambda(task, modules, [runtime], OFFLINE_ENV)
     finally:
         lambda_import.make_writable(task)
     # THEN no source of the package was compiled: every module came from the shipped .pyc
-    assert result["ms"].keys() == {"app", "jwt"}
+    assert result["ms"].keys() == set(modules)
     assert [path for path in result["compiled"] if path.startswith(str(task))] == []
     assert list(task.rglob(f"*.{sys.implementation.cache_tag}.pyc"))  # the shipped ones were there to use
 

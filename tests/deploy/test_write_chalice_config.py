@@ -91,7 +91,10 @@ def test_writes_network_and_cache_settings_into_the_stage(chalice_dir):
         "REDIS_IAM_CACHE_NAME": "ws-net",
         "FANOUT_WORKERS": "32",
         "AUTH_MODE": "jwt",
-        "AUTH_JWT_SECRET_PARAMETER": "/ws-broadcast/prod/jwt-secret",
+        "AUTH_JWT_SECRET_PARAMETER": "/ws-broadcast/prod/jwt-secret",  # named by the stage: kept
+        # not named: the stack's own, as infra/app.yaml derives them
+        "AUTH_ISSUER": "ws-broadcast-ws-net",
+        "AUTH_AUDIENCE": "ws-broadcast-ws-net",
     }
     for name in FUNCTIONS:
         assert prod["lambda_functions"][name]["subnet_ids"] == SUBNETS
@@ -367,3 +370,22 @@ def test_after_a_deploy_the_publish_function_gets_the_websocket_api_and_the_poli
     assert second.returncode == 0
     assert second.stdout == ""
     assert (chalice_dir / "config.json").read_text() == before
+
+
+def test_a_stage_that_names_no_auth_names_gets_the_stacks_own_and_may_read_only_its_secret(chalice_dir):
+    # GIVEN a stage verifying tokens that names neither issuer, audience nor secret (the project's prod)
+    config = json.loads((chalice_dir / "config.json").read_text())
+    del config["stages"]["prod"]["environment_variables"]["AUTH_JWT_SECRET_PARAMETER"]
+    (chalice_dir / "config.json").write_text(json.dumps(config))
+    # WHEN it is written from the network stack ws-net
+    assert _run(chalice_dir).returncode == 0
+    # THEN it uses the names derived from the stack, and its policy reads that one parameter
+    env = json.loads((chalice_dir / "config.json").read_text())["stages"]["prod"]["environment_variables"]
+    assert (env["AUTH_ISSUER"], env["AUTH_AUDIENCE"], env["AUTH_JWT_SECRET_PARAMETER"]) == (
+        "ws-broadcast-ws-net",
+        "ws-broadcast-ws-net",
+        "/ws-broadcast/ws-net/jwt-secret",
+    )
+    policy = json.loads((chalice_dir / "policy-prod.json").read_text())
+    (read,) = [s for s in policy["Statement"] if s["Sid"] == "ReadTheJwtSecret"]
+    assert read["Resource"] == "arn:aws:ssm:eu-west-1:123456789012:parameter/ws-broadcast/ws-net/jwt-secret"

@@ -8,8 +8,10 @@ import jwt
 import pytest
 
 from chalicelib.auth import AuthUnavailable, Unauthorized
-from chalicelib.settings import AuthSettings
+from chalicelib.settings import AuthSettings, SettingsError
 from chalicelib.tokens import (
+    FAILED_FETCH_RETRY_SECONDS,
+    KEYS_MAX_AGE_SECONDS,
     UNKNOWN_KID_REFETCH_SECONDS,
     JwksKeys,
     JwtVerifier,
@@ -207,3 +209,133 @@ def test_an_unreadable_ssm_parameter_refuses_with_503(ssm_parameter_store):
     verifier = verifier_from_settings(settings, boto3.session.Session())
     with pytest.raises(AuthUnavailable):
         verifier.verify(secret_token())
+
+
+# ------------------------------------------------------------------- outages: back off, per container
+def test_while_the_identity_provider_is_down_unknown_kids_fetch_once_not_each(idp, verifier, clock):
+    # GIVEN keys fetched, then the provider goes down and a minute passes
+    verifier.verify(idp.rsa.token())
+    idp.available = False
+    clock.now += UNKNOWN_KID_REFETCH_SECONDS
+    # WHEN 20 tokens with unknown kids arrive at once THEN one fetch in all, each refused with 401
+    for _ in range(20):
+        with pytest.raises(Unauthorized, match="does not know"):
+            verifier.verify(SigningKey("RS256").token())
+    assert idp.requests == 2
+    # and tokens signed with the keys it knows are still accepted, with nothing fetched
+    assert verifier.verify(idp.rsa.token())["sub"] == "user-1"
+    assert idp.requests == 2
+
+
+def test_an_ssm_outage_refuses_with_503_and_reads_again_only_after_the_pause(ssm_parameter_store, clock):
+    import boto3
+
+    ssm_parameter_store.available = False
+    settings = AuthSettings(
+        mode="jwt", jwt_secret_parameter="/ws-broadcast/prod/jwt-secret", issuer=ISSUER, audience=AUDIENCE
+    )
+    verifier = verifier_from_settings(settings, boto3.session.Session(), clock=clock)
+    # WHEN connects keep coming during the outage THEN SSM is read once per pause, each refused with 503
+    for _ in range(20):
+        with pytest.raises(AuthUnavailable):
+            verifier.verify(secret_token())
+    assert len(ssm_parameter_store.requests) == 1
+    ssm_parameter_store.available = True
+    clock.now += FAILED_FETCH_RETRY_SECONDS - 0.5
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(secret_token())
+    assert len(ssm_parameter_store.requests) == 1
+    # WHEN the pause is over THEN the secret is read again, and used
+    clock.now += 0.5
+    assert verifier.verify(secret_token())["sub"] == "user-1"
+    assert len(ssm_parameter_store.requests) == 2
+
+
+# ----------------------------------------------------------------------------- keys leave the JWKS
+def test_a_key_removed_from_the_jwks_is_refused_after_the_scheduled_refetch(idp, verifier, clock):
+    token = idp.rsa.token()
+    verifier.verify(token)
+    idp.rotate_out(idp.rsa)
+    # Until the keys are due again, the one known is still trusted, and nothing is fetched.
+    clock.now += KEYS_MAX_AGE_SECONDS - 1
+    verifier.verify(token)
+    assert idp.requests == 1
+    # WHEN the keys are due THEN they are fetched again, and the removed key is no longer trusted
+    clock.now += 1
+    with pytest.raises(Unauthorized, match="does not know"):
+        verifier.verify(token)
+    assert idp.requests == 2
+
+
+def test_a_failed_scheduled_refetch_keeps_the_keys_and_pauses(idp, verifier, clock):
+    verifier.verify(idp.rsa.token())
+    idp.available = False
+    clock.now += KEYS_MAX_AGE_SECONDS
+    for _ in range(5):
+        assert verifier.verify(idp.rsa.token())["sub"] == "user-1"
+    assert idp.requests == 2
+    clock.now += FAILED_FETCH_RETRY_SECONDS
+    verifier.verify(idp.rsa.token())
+    assert idp.requests == 3
+
+
+def test_keys_are_timed_on_the_wall_clock():
+    # Lambda's monotonic clock stands still while a container is frozen: a frozen hour would not count.
+    keys = JwksKeys(lambda: b'{"keys": []}')
+    assert keys.clock is time.time
+
+
+# ------------------------------------------------------------------------ entries that are not keys
+def _unusable_entries(idp) -> list[dict]:
+    encryption = {**idp.rsa.jwk(), "kid": "enc-1", "alg": "RSA-OAEP"}
+    encryption.pop("use")
+    return [
+        encryption,  # an encryption key without `use`: Cognito and Azure AD list such keys
+        {**idp.ec.jwk(), "kid": "enc-2", "use": "enc"},
+        {**idp.rsa.jwk(), "kid": "ps-1", "alg": "PS256"},  # a signature alg we do not accept
+        {"kty": "oct", "kid": "hmac-1", "k": "c2VjcmV0"},
+        {"kty": "OKP", "kid": "ed-1", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+        {"kty": "EC", "kid": "p384", "crv": "P-384", "x": "AAAA", "y": "AAAA"},
+        {"kty": "RSA", "kid": "broken", "n": "not base64!", "e": "AQAB"},
+        {"kty": "EC", "kid": "off-curve", "crv": "P-256", "x": "AQ", "y": "AQ"},
+        {"kty": "RSA", "n": idp.rsa.jwk()["n"], "e": "AQAB"},  # no kid
+        "not an object",
+    ]
+
+
+def test_entries_that_are_not_usable_signature_keys_are_skipped(idp, verifier):
+    # GIVEN a JWKS listing, beside its signing keys, entries that cannot verify our tokens
+    idp.extra_entries = _unusable_entries(idp)
+    # THEN tokens signed by the usable keys are accepted, and one naming a skipped entry is refused
+    assert verifier.verify(idp.rsa.token())["sub"] == "user-1"
+    assert verifier.verify(idp.ec.token())["sub"] == "user-1"
+    forged = jwt.encode(claims_with(), idp.rsa.private, algorithm="RS256", headers={"kid": "enc-1"})
+    with pytest.raises(Unauthorized, match="does not know"):
+        verifier.verify(forged)
+
+
+def test_a_jwks_with_no_usable_key_refuses_with_503(idp, verifier):
+    idp.extra_entries = _unusable_entries(idp)
+    idp.keys = []
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(SigningKey("RS256").token())
+
+
+# ------------------------------------------------------------------------------- the secret's length
+def test_a_short_secret_from_ssm_fails_naming_the_parameter_never_the_secret(ssm_parameter_store, clock):
+    import boto3
+
+    ssm_parameter_store.parameters["/ws-broadcast/short/jwt-secret"] = "abc"
+    settings = AuthSettings(
+        mode="jwt", jwt_secret_parameter="/ws-broadcast/short/jwt-secret", issuer=ISSUER, audience=AUDIENCE
+    )
+    verifier = verifier_from_settings(settings, boto3.session.Session(), clock=clock)
+    token = jwt.encode(claims_with(), "abc", algorithm="HS256")
+    for _ in range(3):
+        with pytest.raises(SettingsError) as error:
+            verifier.verify(token)
+        assert "/ws-broadcast/short/jwt-secret" in str(error.value)
+        assert "at least 32 bytes" in str(error.value)
+        assert "abc" not in str(error.value)
+    # Read once per pause, as an outage is: fixing the parameter heals the container without a deploy.
+    assert len(ssm_parameter_store.requests) == 1

@@ -83,6 +83,8 @@ class IdentityProvider:
 
     def __init__(self) -> None:
         self.keys = [SigningKey("RS256"), SigningKey("ES256")]
+        # Served after the keys' JWKs as they are: entries a real provider may list beside its keys.
+        self.extra_entries: list[dict] = []
         self.requests = 0
         self.available = True
         self._server = JsonHttpServer(self._handle)
@@ -94,7 +96,7 @@ class IdentityProvider:
             return 503, {"message": "unavailable"}
         if path != "/jwks.json":
             return 404, {"message": "not found"}
-        return 200, {"keys": [key.jwk() for key in self.keys]}
+        return 200, {"keys": [key.jwk() for key in self.keys] + self.extra_entries}
 
     @property
     def rsa(self) -> SigningKey:
@@ -106,6 +108,9 @@ class IdentityProvider:
 
     def rotate_in(self, key: SigningKey) -> None:
         self.keys.append(key)
+
+    def rotate_out(self, key: SigningKey) -> None:
+        self.keys.remove(key)
 
     def __enter__(self) -> IdentityProvider:
         self._server.__enter__()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from chalicelib.auth import Forbidden, Gatekeeper, Unauthorized
+from chalicelib.auth import Forbidden, Gatekeeper, Unauthorized, canonical_origin
 
 
 class AcceptsOneToken:
@@ -82,3 +84,64 @@ def test_auth_mode_none_admits_anyone_and_still_selects_the_subprotocol():
     assert admission.principal is None
     assert admission.subprotocol == "wsbroadcast"
     assert Gatekeeper(None).admit({}, {}).subprotocol is None
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://APP.example.com",
+        "HTTPS://app.example.com",
+        "https://app.example.com:443",
+        "https://App.Example.COM:443",
+    ],
+)
+def test_an_allowed_origin_matches_whatever_the_case_of_its_scheme_and_host_and_with_its_default_port(
+    gatekeeper, origin
+):
+    headers = {"origin": origin, "authorization": "Bearer good.token.here"}
+    assert gatekeeper.admit(headers, {}).principal == "alice"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://app.example.com",
+        "https://app.example.com:8443",
+        "https://app.example.com.evil",
+        "null",
+        "https://",
+    ],
+)
+def test_another_scheme_port_or_host_is_still_refused(gatekeeper, origin):
+    with pytest.raises(Forbidden):
+        gatekeeper.admit({"origin": origin, "authorization": "Bearer good.token.here"}, {})
+
+
+def test_an_allowed_origin_listed_with_its_default_port_matches_one_sent_without_it():
+    gatekeeper = Gatekeeper(AcceptsOneToken(), ("HTTP://Localhost:80",))
+    headers = {"origin": "http://localhost", "authorization": "Bearer good.token.here"}
+    assert gatekeeper.admit(headers, {}).principal == "alice"
+
+
+_HOSTS = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True)
+
+
+@given(
+    scheme=st.sampled_from(["http", "https"]),
+    host=_HOSTS,
+    port=st.one_of(st.none(), st.integers(min_value=1, max_value=65535)),
+    flips=st.lists(st.booleans(), min_size=1, max_size=20),
+)
+def test_canonical_origin_ignores_case_and_default_ports_and_is_idempotent(scheme, host, port, flips):
+    origin = f"{scheme}://{host}" + ("" if port is None else f":{port}")
+    shouted = "".join(c.upper() if flips[i % len(flips)] else c for i, c in enumerate(origin))
+    canonical = canonical_origin(origin)
+    assert canonical_origin(shouted) == canonical == canonical_origin(canonical)
+    default = {"http": 80, "https": 443}[scheme]
+    assert canonical == f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+@given(st.text(max_size=60))
+def test_canonical_origin_never_raises_on_any_header_value(value):
+    canonical = canonical_origin(value)
+    assert canonical is None or canonical_origin(canonical) == canonical

@@ -97,3 +97,18 @@ def test_a_plain_secret_is_refused_in_lambda():
     lambda_env = {**BASE, **JWT, "AUTH_JWT_SECRET": SECRET, "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11"}
     with pytest.raises(SettingsError, match="AUTH_JWT_SECRET_PARAMETER"):
         Settings.from_env(lambda_env)
+
+
+def test_allowed_origins_are_kept_in_the_form_browsers_send():
+    settings = Settings.from_env(
+        {**BASE, "AUTH_MODE": "none", "ALLOWED_ORIGINS": "HTTPS://App.Example.com:443, http://LOCALHOST:3000"}
+    )
+    assert settings.allowed_origins == ("https://app.example.com", "http://localhost:3000")
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://user@app.example.com", "https://app.example.com:99999", "https://x?y"]
+)
+def test_an_origin_with_credentials_a_bad_port_or_a_query_is_refused(origin):
+    with pytest.raises(SettingsError, match="ALLOWED_ORIGINS"):
+        Settings.from_env({**BASE, "AUTH_MODE": "none", "ALLOWED_ORIGINS": origin})
