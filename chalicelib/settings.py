@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from chalicelib import metrics
+
 # API Gateway closes every WebSocket connection after 2 hours, whatever happens.
 API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
 # API Gateway gives a WebSocket integration at most 29 seconds to answer.
@@ -24,6 +26,8 @@ FANOUT_INLINE_MAX_DEFAULT = 10_000
 MAX_REGISTRY_SHARDS = 1024
 
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# CloudWatch namespaces: 1 to 255 of these characters, not only spaces; AWS/ is AWS's own.
+_NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9.\-_/#: ]{1,255}$")
 
 
 class SettingsError(ValueError):
@@ -97,6 +101,7 @@ class Settings:
     registry_shards: int = 1
     fanout_queue_url: str | None = None
     fanout_inline_max: int = FANOUT_INLINE_MAX_DEFAULT
+    metrics_namespace: str = metrics.NAMESPACE_DEFAULT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -141,6 +146,7 @@ class Settings:
             fanout_inline_max=_number(
                 env, "FANOUT_INLINE_MAX", int, FANOUT_INLINE_MAX_DEFAULT, low=1, high=1_000_000
             ),
+            metrics_namespace=_metrics_namespace(env),
         )
 
     @property
@@ -244,6 +250,17 @@ def _queue_url(env: Mapping[str, str]) -> str | None:
             f"https://sqs.REGION.amazonaws.com/ACCOUNT/NAME (the template sets it), got {url!r}"
         )
     return url
+
+
+def _metrics_namespace(env: Mapping[str, str]) -> str:
+    """METRICS_NAMESPACE: where the functions' CloudWatch metrics go (the dashboard and alarms read it)."""
+    namespace = env.get("METRICS_NAMESPACE", "").strip() or metrics.NAMESPACE_DEFAULT
+    if not _NAMESPACE_PATTERN.match(namespace) or namespace.startswith("AWS/"):
+        raise SettingsError(
+            "METRICS_NAMESPACE must be a CloudWatch namespace: 1 to 255 letters, digits, spaces or "
+            f"'. - _ / # :', not starting with AWS/ (AWS's own), e.g. WsBroadcast, got {namespace!r}"
+        )
+    return namespace
 
 
 def _redact(url: str) -> str:

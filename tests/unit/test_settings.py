@@ -103,3 +103,18 @@ def test_queued_fanout_is_off_until_a_queue_is_named_and_the_registry_has_one_sh
 def test_queue_and_shard_mistakes_name_their_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({**BASE, name: value})
+
+
+def test_metrics_go_to_the_ws_broadcast_namespace_unless_told_otherwise():
+    assert Settings.from_env(BASE).metrics_namespace == "WsBroadcast"
+    assert (
+        Settings.from_env({**BASE, "METRICS_NAMESPACE": "Chat/prod #2"}).metrics_namespace == "Chat/prod #2"
+    )
+    assert Settings.from_env({**BASE, "METRICS_NAMESPACE": "  "}).metrics_namespace == "WsBroadcast"
+
+
+@pytest.mark.parametrize("value", ["AWS/Lambda", "x" * 256, "café", "ws{broadcast}", "a\nb"])
+def test_a_namespace_cloudwatch_would_refuse_is_named_with_the_fix(value):
+    with pytest.raises(SettingsError, match="METRICS_NAMESPACE must be a CloudWatch namespace") as caught:
+        Settings.from_env({**BASE, "METRICS_NAMESPACE": value})
+    assert "e.g. WsBroadcast" in str(caught.value)
