@@ -316,12 +316,23 @@ def test_cache_authenticates_the_app_with_iam_and_nobody_anonymously(resources):
 
 
 # ------------------------------------------------------------------------------------------ IAM
+# Conditions of the roles' conditional statements, and whether they hold with the default parameters.
+_DEFAULT_CONDITIONS = {"UseJwks": False, "TraceFunctions": False}
+
+
 def _statements(resources: dict, role: str = "DefaultRole") -> list[dict]:
-    """The role's statements as deployed with the default parameters (no JWKS URL: the SSM grant's
-    ``Fn::If [UseJwks, AWS::NoValue, statement]`` is its statement)."""
+    """The role's statements as deployed with the default parameters: no JWKS URL (the SSM grant's
+    ``Fn::If [UseJwks, AWS::NoValue, statement]`` is its statement), no tracing (the X-Ray grant's
+    ``Fn::If [TraceFunctions, statement, AWS::NoValue]`` is none)."""
     (policy,) = resources[role]["Properties"]["Policies"]
-    statements = policy["PolicyDocument"]["Statement"]
-    return [s["Fn::If"][2] if "Fn::If" in s else s for s in statements]
+    resolved = []
+    for statement in policy["PolicyDocument"]["Statement"]:
+        if "Fn::If" in statement:
+            condition, when_true, when_false = statement["Fn::If"]
+            statement = when_true if _DEFAULT_CONDITIONS[condition] else when_false
+        if statement != {"Ref": "AWS::NoValue"}:
+            resolved.append(statement)
+    return resolved
 
 
 def _actions(statement: dict) -> list[str]:
@@ -402,7 +413,9 @@ def test_role_keeps_every_other_permission_chalice_grants(resources, role, sids)
 @pytest.mark.parametrize("role", ["DefaultRole", "PublisherRole"])
 def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(template, resources, role):
     (policy,) = resources[role]["Properties"]["Policies"]
-    (conditional,) = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
+    (conditional,) = [
+        s for s in policy["PolicyDocument"]["Statement"] if s.get("Fn::If", [None])[0] == "UseJwks"
+    ]
     condition, when_jwks, statement = conditional["Fn::If"]
     assert condition == "UseJwks"
     assert when_jwks == {"Ref": "AWS::NoValue"}  # with an identity provider's JWKS: no SSM access at all
