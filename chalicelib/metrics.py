@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-NAMESPACE_DEFAULT = "WsBroadcast"
+from chalicelib.settings import METRICS_NAMESPACE_DEFAULT as NAMESPACE_DEFAULT
 
 # Metric names. Counts unless said otherwise.
 DELIVERED = "Delivered"  # posts API Gateway accepted

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from chalicelib import metrics
-
 # API Gateway closes every WebSocket connection after 2 hours, whatever happens.
 API_GATEWAY_MAX_CONNECTION_SECONDS = 7200
 # API Gateway gives a WebSocket integration at most 29 seconds to answer.
@@ -28,6 +26,8 @@ MAX_REGISTRY_SHARDS = 1024
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # CloudWatch namespaces: 1 to 255 of these characters, not only spaces; AWS/ is AWS's own.
 _NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9.\-_/#: ]{1,255}$")
+# Where the metrics go unless METRICS_NAMESPACE says otherwise (chalicelib/metrics.py, the template).
+METRICS_NAMESPACE_DEFAULT = "WsBroadcast"
 
 
 class SettingsError(ValueError):
@@ -101,7 +101,7 @@ class Settings:
     registry_shards: int = 1
     fanout_queue_url: str | None = None
     fanout_inline_max: int = FANOUT_INLINE_MAX_DEFAULT
-    metrics_namespace: str = metrics.NAMESPACE_DEFAULT
+    metrics_namespace: str = METRICS_NAMESPACE_DEFAULT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -254,7 +254,7 @@ def _queue_url(env: Mapping[str, str]) -> str | None:
 
 def _metrics_namespace(env: Mapping[str, str]) -> str:
     """METRICS_NAMESPACE: where the functions' CloudWatch metrics go (the dashboard and alarms read it)."""
-    namespace = env.get("METRICS_NAMESPACE", "").strip() or metrics.NAMESPACE_DEFAULT
+    namespace = env.get("METRICS_NAMESPACE", "").strip() or METRICS_NAMESPACE_DEFAULT
     if not _NAMESPACE_PATTERN.match(namespace) or namespace.startswith("AWS/"):
         raise SettingsError(
             "METRICS_NAMESPACE must be a CloudWatch namespace: 1 to 255 letters, digits, spaces or "
