@@ -68,14 +68,14 @@ secret ?= /ws-broadcast/$(stack)/jwt-secret
 MERGE_TEMPLATE := $(BUILD)/merge-template.json
 STACK_STEP := AWS=$(AWS) CHALICE=$(CHALICE) $(PY) scripts/aws_stack.py
 
-.PHONY: package checkov bucket secret deploy endpoint destroy network chalice-config chalice-deploy
+.PHONY: package checkov bucket secret deploy endpoint destroy network chalice-config chalice-deploy logs
 
-## make package: one template ($(OUT)/sam.json) = chalice's app + infra/network.yaml + infra/app.yaml, and
-## the code ($(OUT)/deployment.zip) with the bytecode of the runtime's Python.
+## make package: one template ($(OUT)/sam.json) = chalice's app + infra/network.yaml + infra/app.yaml +
+## infra/monitoring.yaml (dashboard, alarms), and the code ($(OUT)/deployment.zip) with the bytecode of the runtime's Python.
 package:
 	scripts/bootstrap python
 	$(PY) scripts/lambda_runtime.py
-	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml -o $(MERGE_TEMPLATE)
+	$(PY) scripts/compose_template.py infra/network.yaml infra/app.yaml infra/monitoring.yaml -o $(MERGE_TEMPLATE)
 	@# chalice wants a region even to package; the template does not depend on it (it uses AWS::Region).
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(CHALICE) package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(OUT)
 	$(PY) scripts/compose_template.py --verify $(OUT)/sam.json
@@ -118,6 +118,13 @@ endpoint:
 	@test -n "$(stack)" || { echo "make endpoint: stack is missing: make endpoint stack=<stack name>" >&2; exit 2; }
 	@scripts/bootstrap python
 	@$(STACK_STEP) endpoint $(stack) --stage $(STAGE)
+
+## make logs stack=STACK [follow=1] [since=1h]: `aws logs tail` (AWS CLI v2) of every deployed function's log
+## group, side by side, each line prefixed with its function; follow=1 follows them until Ctrl-C.
+logs:
+	@test -n "$(stack)" || { echo "make logs: stack is missing: make logs stack=<stack name> [follow=1] [since=1h]" >&2; exit 2; }
+	@scripts/bootstrap python
+	@$(STACK_STEP) logs $(stack) --stage $(STAGE) --since $(or $(since),10m) $(if $(follow),--follow)
 
 ## make destroy stack=STACK [bucket=BUCKET] [secret=NAME]: delete what the deploy made, in order, and wait:
 ## for a network stack, first the chalice app, its log groups and the functions' network interfaces.

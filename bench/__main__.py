@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, each figure beside its baseline, as a ratio.
 
-python -m bench [NAME ...]     (names: cpu, connect, redis, channels, backend, coldstart, fanout, scale; default: all)
+python -m bench [NAME ...]     (names: cpu, connect, redis, channels, backend, coldstart, metrics, fanout, scale; default: all)
 
 BENCH_SCALE_MILLION=1 adds the scale suite's broadcast to 1 000 000 (about 10 minutes).
 """
@@ -26,6 +26,7 @@ def main() -> None:
         connect_cpu,
         cpu_per_recipient,
         fanout_latency,
+        metrics_cost,
         redis_costs,
     )
 
@@ -37,6 +38,7 @@ def main() -> None:
         "channels": channel_costs.run,
         "backend": backend_publish.run,
         "coldstart": cold_start.run,
+        "metrics": metrics_cost.run,
         "scale": broadcast_scale.run,
     }
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)

@@ -6,12 +6,15 @@ Management API server runs in another process, so only the sender's CPU is count
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from bench.common import REPO, Figure
 from testing.aws import use_dummy_aws
@@ -41,19 +44,12 @@ def measure(publishes: dict, deliveries: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def run(tmp_dir) -> list[Figure]:
+@contextmanager
+def publishing_app(tmp_dir, recipients: int, **env: str) -> Iterator[tuple[object, list, str]]:
+    """The app wired to a real redis-server and the Management API stand-in (in another process, so
+    its CPU is not counted), ``recipients`` + 1 connections registered: (app, connections, endpoint).
+    ``env`` adds settings; the environment is restored afterwards."""
     use_dummy_aws()
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-    from urllib.parse import quote
-
-    import boto3
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.config import Config
-    from botocore.httpsession import URLLib3Session
-
-    from chalicelib.fanout import Fanout
     from testing.apigw import Connection
     from testing.lambda_context import LambdaContext
     from tests.support.redis_server import RedisServer
@@ -65,7 +61,8 @@ def run(tmp_dir) -> list[Figure]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    redis_server = RedisServer(tmp_dir / "redis-cpu")
+    redis_server = RedisServer(tmp_dir / f"redis-{uuid.uuid4().hex[:6]}")
+    environment = dict(os.environ)
     try:
         endpoint = server.stdout.readline().strip()
         redis_server.start()
@@ -74,13 +71,37 @@ def run(tmp_dir) -> list[Figure]:
             REDIS_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:6]}",
             AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI=endpoint,
             AUTH_MODE="none",
+            **env,
         )
         import app
 
         app.broadcaster.cache_clear()
-        connections = [Connection() for _ in range(RECIPIENTS + 1)]
+        connections = [Connection() for _ in range(recipients + 1)]
         for connection in connections:
             app.connect(connection.connect_event(), LambdaContext())
+        yield app, connections, endpoint
+        app.broadcaster.cache_clear()
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        server.kill()
+        redis_server.stop()
+
+
+def run(tmp_dir) -> list[Figure]:
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import quote
+
+    import boto3
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.config import Config
+    from botocore.httpsession import URLLib3Session
+
+    from chalicelib.fanout import Fanout
+    from testing.lambda_context import LambdaContext
+
+    with publishing_app(tmp_dir, RECIPIENTS) as (app, connections, endpoint):
         sender, recipients = connections[0], [c.connection_id for c in connections[1:]]
         event = sender.message_event('{"type": 99, "data": "data to publish"}')
 
@@ -162,6 +183,3 @@ def run(tmp_dir) -> list[Figure]:
                 "boto3 post loop",
             ),
         ]
-    finally:
-        server.kill()
-        redis_server.stop()

@@ -29,6 +29,10 @@ FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT = 300.0
 MAX_REGISTRY_SHARDS = 1024
 
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# CloudWatch namespaces: 1 to 255 of these characters, not only spaces; AWS/ is AWS's own.
+_NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9.\-_/#: ]{1,255}$")
+# Where the metrics go unless METRICS_NAMESPACE says otherwise (chalicelib/metrics.py, the template).
+METRICS_NAMESPACE_DEFAULT = "WsBroadcast"
 
 
 class SettingsError(ValueError):
@@ -104,6 +108,7 @@ class Settings:
     fanout_queue_url: str | None = None
     fanout_inline_max: int = FANOUT_INLINE_MAX_DEFAULT
     fanout_queue_backlog_seconds: float = FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT
+    metrics_namespace: str = METRICS_NAMESPACE_DEFAULT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -157,6 +162,7 @@ class Settings:
                 low=1,
                 high=API_GATEWAY_MAX_CONNECTION_SECONDS,
             ),
+            metrics_namespace=_metrics_namespace(env),
         )
 
     @property
@@ -260,6 +266,17 @@ def _queue_url(env: Mapping[str, str]) -> str | None:
             f"https://sqs.REGION.amazonaws.com/ACCOUNT/NAME (the template sets it), got {url!r}"
         )
     return url
+
+
+def _metrics_namespace(env: Mapping[str, str]) -> str:
+    """METRICS_NAMESPACE: where the functions' CloudWatch metrics go (the dashboard and alarms read it)."""
+    namespace = env.get("METRICS_NAMESPACE", "").strip() or METRICS_NAMESPACE_DEFAULT
+    if not _NAMESPACE_PATTERN.match(namespace) or namespace.startswith("AWS/"):
+        raise SettingsError(
+            "METRICS_NAMESPACE must be a CloudWatch namespace: 1 to 255 letters, digits, spaces or "
+            f"'. - _ / # :', not starting with AWS/ (AWS's own), e.g. WsBroadcast, got {namespace!r}"
+        )
+    return namespace
 
 
 def _redact(url: str) -> str:

@@ -8,6 +8,8 @@
     scripts/aws_stack.py chalice-deploy [--stage S] [--worker-max-concurrency N]
                                                     chalice deploy, then again with the WebSocket API's id
     scripts/aws_stack.py destroy STACK [--stage S] [--bucket B] [--secret NAME]
+    scripts/aws_stack.py logs STACK [--stage S] [--since 10m] [--follow]
+                                                    `aws logs tail` of every function's log group
 
 Every call goes to the `aws` named by $AWS (default `aws`) with the caller's environment, so
 AWS_PROFILE and AWS_DEFAULT_REGION choose the account and region of every step alike.
@@ -22,6 +24,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -200,16 +203,70 @@ def wait_for_network_interfaces(security_group: str) -> None:
         time.sleep(ENI_POLL_SECONDS)
 
 
+def chalice_functions(state: dict) -> dict[str, str]:
+    """Function names by chalice's resource name, from its record of a deploy."""
+    return {
+        r["name"]: r["lambda_arn"].split(":")[-1]
+        for r in state.get("resources", [])
+        if r.get("resource_type") == "lambda_function"  # an SQS event source names its function too
+    }
+
+
+def stack_functions(stack: str, stage: str) -> dict[str, str]:
+    """The deployed functions' names by a short label: the one stack's own functions (by logical id),
+    else, for a network stack, the chalice app's (chalice's record of its deploy)."""
+    if ENDPOINT_OUTPUT not in outputs(describe(stack)):
+        state = deployed_state(stage)
+        if state is None:
+            raise StepError(
+                f"{stack} is a network stack and .chalice/deployed/{stage}.json does not exist: "
+                "make chalice-deploy first (or pass --stage)"
+            )
+        return chalice_functions(state)
+    answer = aws("cloudformation", "describe-stack-resources", "--stack-name", stack, "--output", "json")
+    return {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in answer["StackResources"]
+        if r["ResourceType"] == "AWS::Lambda::Function"
+    }
+
+
+def tail_logs(functions: dict[str, str], since: str, follow: bool) -> int:
+    """`aws logs tail` of each function's log group, side by side (with --follow none ever ends), each
+    line prefixed with its function's label; the first failing tail's exit status, else 0."""
+    tails = {}
+    for label, name in sorted(functions.items()):
+        argv = [os.environ.get("AWS", "aws"), "logs", "tail", f"/aws/lambda/{name}", "--since", since]
+        argv += ["--format", "short", *(["--follow"] if follow else [])]
+        print("+ " + " ".join(argv), file=sys.stderr, flush=True)
+        tails[label] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    width = max(map(len, tails), default=0)
+    lock = threading.Lock()
+
+    def relay(label: str, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            with lock:
+                print(f"{label:<{width}} | {line}", end="", flush=True)
+
+    relays = [threading.Thread(target=relay, args=item, daemon=True) for item in tails.items()]
+    for thread in relays:
+        thread.start()
+    try:
+        for thread in relays:
+            thread.join()
+    except KeyboardInterrupt:  # the way out of --follow
+        for process in tails.values():
+            process.terminate()
+        return 0
+    return next((code for code in (p.wait() for p in tails.values()) if code), 0)
+
+
 def delete_chalice_app(stage: str) -> None:
     """`chalice delete`, then the functions' log groups in case chalice did not create them."""
     state = deployed_state(stage)
     if state is None:
         return
-    functions = [
-        r["lambda_arn"].split(":")[-1]
-        for r in state.get("resources", [])
-        if r.get("resource_type") == "lambda_function"  # an SQS event source names its function too
-    ]
+    functions = list(chalice_functions(state).values())
     chalice = os.environ.get("CHALICE", "chalice")
     print(f"+ {chalice} delete --stage {stage}", file=sys.stderr, flush=True)
     subprocess.run([chalice, "delete", "--stage", stage], check=True)
@@ -252,10 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--stage", default="prod")
     deploy.add_argument("--log-retention-days", type=int, default=30)
     deploy.add_argument("--worker-max-concurrency", type=int, default=10, help="2 at least (AWS's floor)")
-    for name in ("endpoint", "destroy"):
+    for name in ("endpoint", "destroy", "logs"):
         step = steps.add_parser(name)
         step.add_argument("stack")
         step.add_argument("--stage", default="prod")
+    steps.choices["logs"].add_argument(
+        "--since", default="10m", help="as aws logs tail takes it: 10m, 2h, ..."
+    )
+    steps.choices["logs"].add_argument("--follow", action="store_true")
     steps.choices["destroy"].add_argument("--bucket")
     steps.choices["destroy"].add_argument("--secret")
     args = parser.parse_args(argv)
@@ -274,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"make publish url={publish_url}")
         elif args.step == "chalice-deploy":
             chalice_deploy(args.stage, args.log_retention_days, args.worker_max_concurrency)
+        elif args.step == "logs":
+            return tail_logs(stack_functions(args.stack, args.stage), args.since, args.follow)
         else:
             destroy(args.stack, args.stage, args.bucket, args.secret)
     except (StepError, subprocess.CalledProcessError) as error:

@@ -16,9 +16,10 @@ import json
 import sys
 from importlib import resources
 
-# Runtimes this project is packaged and tested for: chalice 1.34 knows them, and every compiled
-# dependency has a manylinux wheel for them.
-SUPPORTED = ("python3.10", "python3.11", "python3.12", "python3.13", "python3.14")
+# Runtimes this project is packaged and tested for: chalice 1.34 knows them, every compiled
+# dependency has a manylinux wheel for them, and Lambda has not deprecated them (python3.10 was on
+# 2026-10-31: no longer offered, though Lambda still creates functions on it until 2027-02-01).
+SUPPORTED = ("python3.11", "python3.12", "python3.13", "python3.14")
 
 
 def runtime_of(version_info=sys.version_info) -> str:
@@ -45,9 +46,11 @@ def problems(runtime: str, version_info, today: datetime.date, dates: dict[str, 
     )
     if runtime != local:
         return [f"chalice would name the runtime {runtime} for this Python {local[6:]}: {fix}"], []
-    if runtime not in SUPPORTED:
-        return [f"{runtime} is not a runtime this project supports: {fix}"], []
     phases = dates.get(runtime)
+    if runtime not in SUPPORTED:
+        retired = phases and today >= datetime.date.fromisoformat(phases["deprecated"])
+        why = f" (Lambda deprecated it on {phases['deprecated']})" if retired else ""
+        return [f"{runtime} is not a runtime this project supports{why}: {fix}"], []
     if phases is None:
         return [f"Lambda has no runtime {runtime} (cfn-lint's lifecycle data): {fix}"], []
     create_block = datetime.date.fromisoformat(phases["create-block"])

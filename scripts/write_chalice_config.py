@@ -18,8 +18,11 @@ For the stage it sets, and leaves everything else in the file as it was:
     (granted on that one parameter; none when the stage verifies tokens with AUTH_JWKS_URL). The API
     does not exist yet when this runs, so the ManageConnections scope is this account and region (the
     one-stack path, `make deploy`, scopes it to the API itself); and the fan-out queue (output
-    FanoutQueueArn): sending, and what the worker's event source mapping does with its role. This
-    one policy serves every function (the one-stack path gives each its own role);
+    FanoutQueueArn): sending, and what the worker's event source mapping does with its role. That
+    policy serves the functions that post (websocket_message, api_handler, fanout_worker);
+    websocket_connect and websocket_disconnect, which never post nor enqueue, get
+    ``policy-<stage>-connect.json`` instead: the same without ManageConnections and SQS (as the
+    one-stack path's DefaultRole);
   - the stage's AUTH_ISSUER, AUTH_AUDIENCE (``ws-broadcast-<stack>``) and AUTH_JWT_SECRET_PARAMETER
     (``/ws-broadcast/<stack>/jwt-secret``, what `make secret stack=<stack>` writes), when the stage
     verifies tokens and does not name its own: the names infra/app.yaml derives from its stack's
@@ -42,8 +45,11 @@ import sys
 from pathlib import Path
 
 FUNCTIONS = ("websocket_connect", "websocket_message", "websocket_disconnect", "api_handler", "fanout_worker")
-# The functions that enqueue broadcast jobs (sqs:SendMessage).
+# The functions that enqueue broadcast jobs (sqs:SendMessage); the same ones post to connections.
 ENQUEUERS = ("websocket_message", "api_handler", "fanout_worker")
+# $connect and $disconnect: they neither post (a connection does not exist until $connect returns)
+# nor enqueue, so their policy file holds neither grant.
+CONNECTION_HANDLERS = ("websocket_connect", "websocket_disconnect")
 USABLE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
 REQUIRED_OUTPUTS = (
     "PrivateSubnetIds",
@@ -112,6 +118,15 @@ def secret_parameter(config: dict, stage: str) -> str | None:
     if env.get("AUTH_JWKS_URL"):
         return None
     return env.get("AUTH_JWT_SECRET_PARAMETER")
+
+
+def connection_policy(policy_document: dict) -> dict:
+    """The policy of $connect and $disconnect: ``policy_document`` without posting and the queue."""
+    dropped = {"PostToConnections", "EnqueueFanoutJobs", "ConsumeFanoutJobs"}
+    return {
+        **policy_document,
+        "Statement": [s for s in policy_document["Statement"] if s["Sid"] not in dropped],
+    }
 
 
 def policy(
@@ -224,7 +239,8 @@ def update_config(
     stack: str = "",
 ) -> dict:
     """Return ``config`` with the stage wired to the stack's outputs (and, with ``stack``, the auth
-    names derived from it); other keys are kept. ``message_reserved_concurrency`` 0 means no reservation."""
+    names derived from it); other keys are kept. ``message_reserved_concurrency`` 0 means no reservation;
+    the connection handlers' policy file is ``connection_policy_file(policy_file)``."""
     subnets = [s.strip() for s in outputs["PrivateSubnetIds"].split(",") if s.strip()]
     groups = [outputs["FunctionSecurityGroupId"]]
     env = {
@@ -257,6 +273,8 @@ def update_config(
             overridden[key] = env[key]
         for key in ("autogen_policy", "iam_policy_file", "log_retention_in_days"):
             function.pop(key, None)
+        if name in CONNECTION_HANDLERS:
+            function["iam_policy_file"] = connection_policy_file(policy_file)
     for name in ENQUEUERS:
         functions[name].setdefault("environment_variables", {})["FANOUT_QUEUE_URL"] = outputs[
             "FanoutQueueUrl"
@@ -303,12 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         stack,
     )
     secret = secret_parameter(config, args.stage)
-    (args.config.parent / policy_file).write_text(
-        json.dumps(policy(outputs, partition, region, account, secret), indent=2) + "\n"
-    )
+    document = policy(outputs, partition, region, account, secret)
+    for name, written in (
+        (policy_file, document),
+        (connection_policy_file(policy_file), connection_policy(document)),
+    ):
+        (args.config.parent / name).write_text(json.dumps(written, indent=2) + "\n")
     args.config.write_text(json.dumps(config, indent=2) + "\n")
     print(f"write_chalice_config: stage {args.stage} of {args.config} now uses the stack's network and cache")
     return 0
+
+
+def connection_policy_file(policy_file: str) -> str:
+    """policy-prod.json -> policy-prod-connect.json."""
+    return policy_file.removesuffix(".json") + "-connect.json"
 
 
 def record_deployed(config_path: Path, deployed: Path, stage: str) -> bool:

@@ -6,6 +6,9 @@ so a test sees both the command and the account and region it would have reached
   when S is in $NETWORK_STACKS (comma-separated), else a one-stack answer with the endpoint output;
 - `s3api get-bucket-location`: $BUCKET_REGION, or the caller's region;
 - `ec2 describe-network-interfaces`: none left;
+- `cloudformation describe-stack-resources`: the one stack's five functions (and a queue);
+- `logs tail GROUP`: two lines naming GROUP, or, when GROUP is $MISSING_LOG_GROUP, the CLI's error and
+  exit status 254;
 - `chalice package ... OUT`: a template naming this Python's runtime, and a zip with app.py;
 - `chalice deploy --stage S`: .chalice/deployed/S.json as chalice writes it (both APIs, five functions, the
   worker's SQS event source); `chalice delete`: removes it.
@@ -51,6 +54,21 @@ _SCRIPT = textwrap.dedent(
         print(json.dumps({{"LocationConstraint": None if located == "us-east-1" else located}}))
     elif name == "aws" and args[:2] == ["ec2", "describe-network-interfaces"]:
         print(json.dumps({{"NetworkInterfaces": []}}))
+    elif name == "aws" and args[:2] == ["cloudformation", "describe-stack-resources"]:
+        stack = option("--stack-name")
+        functions = [{{"LogicalResourceId": f, "PhysicalResourceId": "%s-%s-AbCdEf012345" % (stack, f),
+                       "ResourceType": "AWS::Lambda::Function"}}
+                     for f in ("WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect", "APIHandler", "FanoutWorker")]
+        queue = {{"LogicalResourceId": "FanoutQueue", "PhysicalResourceId": "https://sqs/q", "ResourceType": "AWS::SQS::Queue"}}
+        print(json.dumps({{"StackResources": [*functions, queue]}}))
+    elif name == "aws" and args[:2] == ["logs", "tail"]:
+        group = args[2]
+        if group == os.environ.get("MISSING_LOG_GROUP"):
+            print("An error occurred (ResourceNotFoundException) when calling the FilterLogEvents operation: "
+                  "The specified log group does not exist.", file=sys.stderr)
+            sys.exit(254)
+        for n in (1, 2):
+            print('2026-12-03T08:00:0%d {{"message": "line %d of %s"}}' % (n, n, group))
     elif name == "aws" and args[:1] in (["s3api"], ["ssm"]):
         print("{{}}")
     elif name == "chalice" and args[:1] == ["package"]:

@@ -297,7 +297,71 @@ def test_destroy_keeps_the_secret_unless_it_is_named(sandbox):
     assert not [call for call in _aws(calls()) if call[0] == "ssm"]
 
 
-@pytest.mark.parametrize("target", ["destroy", "endpoint", "bucket", "secret"])
+def test_logs_tails_every_function_of_the_one_stack_each_line_labelled(sandbox):
+    _, make, calls = sandbox
+    # WHEN
+    result = make("logs", "stack=ws-broadcast")
+    # THEN the stack's functions are found by their type, and each log group is tailed once
+    assert result.returncode == 0, result.stderr
+    describe, resources, *tails = _aws(calls())
+    assert describe[:2] == ["cloudformation", "describe-stacks"]  # the one stack: it has the endpoint output
+    assert resources == ["cloudformation", "describe-stack-resources", "--stack-name", "ws-broadcast",
+                         "--output", "json"]  # fmt: skip
+    functions = ("APIHandler", "FanoutWorker", "WebsocketConnect", "WebsocketDisconnect", "WebsocketMessage")
+    assert sorted(tails) == [
+        ["logs", "tail", f"/aws/lambda/ws-broadcast-{f}-AbCdEf012345", "--since", "10m", "--format", "short"]
+        for f in functions
+    ]
+    # every line says which function wrote it
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 * len(functions)
+    for function in functions:
+        mine = [line for line in lines if line.startswith(f"{function:<19} | ")]
+        assert [line.split(" | ", 1)[1][:22] for line in mine] == [
+            '2026-12-03T08:00:01 {"',
+            '2026-12-03T08:00:02 {"',
+        ]
+        assert all(f"ws-broadcast-{function}-AbCdEf012345" in line for line in mine)
+
+
+def test_logs_follow_and_since_reach_every_tail_of_the_chalice_apps_functions(sandbox):
+    _, make, calls = sandbox
+    assert make("network", "stack=ws-net").returncode == 0
+    assert make("chalice-deploy").returncode == 0
+    done = len(calls())
+    result = make("logs", "stack=ws-net", "follow=1", "since=2h")
+    assert result.returncode == 0, result.stderr
+    steps = _aws(calls()[done:])
+    # a network stack: the functions come from chalice's record of its deploy (no stack resources)
+    assert steps[0][:2] == ["cloudformation", "describe-stacks"]
+    groups = sorted(call[2] for call in steps[1:])
+    assert groups == sorted(
+        f"/aws/lambda/ws-broadcast-prod{suffix}"
+        for suffix in (
+            "-websocket_connect",
+            "-websocket_message",
+            "-websocket_disconnect",
+            "",
+            "-fanout_worker",
+        )
+    )
+    for call in steps[1:]:
+        assert call[:2] == ["logs", "tail"]
+        assert (_option(call, "--since"), call[-1]) == ("2h", "--follow")
+    assert "websocket_connect    | " in result.stdout
+
+
+def test_logs_says_which_group_it_could_not_tail_and_fails(sandbox):
+    _, make, _ = sandbox
+    result = make(
+        "logs", "stack=ws-broadcast", MISSING_LOG_GROUP="/aws/lambda/ws-broadcast-APIHandler-AbCdEf012345"
+    )
+    assert result.returncode != 0
+    assert "APIHandler          | An error occurred (ResourceNotFoundException)" in result.stdout
+    assert "WebsocketMessage    | 2026-12-03T08:00:01" in result.stdout  # the others are still tailed
+
+
+@pytest.mark.parametrize("target", ["destroy", "endpoint", "bucket", "secret", "logs"])
 def test_targets_refuse_without_their_argument(sandbox, target):
     _, make, calls = sandbox
     result = make(target)
@@ -321,6 +385,8 @@ AWS_CLI_OPTIONS = {
         "--no-fail-on-empty-changeset", "--tags",
     },
     ("cloudformation", "describe-stacks"): {"--stack-name", "--max-items", "--starting-token"},
+    ("cloudformation", "describe-stack-resources"): {"--stack-name", "--logical-resource-id",
+                                                     "--physical-resource-id"},
     ("cloudformation", "delete-stack"): {"--stack-name", "--retain-resources", "--role-arn",
                                          "--client-request-token", "--deletion-mode"},
     ("cloudformation", "wait"): {"--stack-name"},
@@ -334,6 +400,9 @@ AWS_CLI_OPTIONS = {
     ("logs", "delete-log-group"): {"--log-group-name"},
     ("logs", "create-log-group"): {"--log-group-name", "--kms-key-id", "--tags", "--log-group-class"},
     ("logs", "put-retention-policy"): {"--log-group-name", "--retention-in-days"},
+    # AWS CLI v2 only (`aws logs tail help`)
+    ("logs", "tail"): {"--follow", "--format", "--since", "--filter-pattern", "--log-stream-names",
+                       "--log-stream-name-prefix"},
     ("ec2", "describe-network-interfaces"): {"--filters", "--network-interface-ids", "--dry-run"},
     ("lambda", "update-event-source-mapping"): {
         "--uuid", "--function-name", "--enabled", "--no-enabled", "--batch-size", "--filter-criteria",
@@ -357,6 +426,7 @@ GLOBAL_OPTIONS = {"--output", "--region", "--profile", "--query", "--no-paginate
         ("endpoint", "stack=s"),
         ("destroy", "stack=ws-net", "bucket=b", "secret=/x"),
         ("chalice-deploy",),
+        ("logs", "stack=s", "follow=1", "since=1h"),
     ],
 )
 def test_every_aws_call_uses_only_options_the_cli_has(sandbox, target):

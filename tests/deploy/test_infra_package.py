@@ -316,12 +316,23 @@ def test_cache_authenticates_the_app_with_iam_and_nobody_anonymously(resources):
 
 
 # ------------------------------------------------------------------------------------------ IAM
+# Conditions of the roles' conditional statements, and whether they hold with the default parameters.
+_DEFAULT_CONDITIONS = {"UseJwks": False, "TraceFunctions": False}
+
+
 def _statements(resources: dict, role: str = "DefaultRole") -> list[dict]:
-    """The role's statements as deployed with the default parameters (no JWKS URL: the SSM grant's
-    ``Fn::If [UseJwks, AWS::NoValue, statement]`` is its statement)."""
+    """The role's statements as deployed with the default parameters: no JWKS URL (the SSM grant's
+    ``Fn::If [UseJwks, AWS::NoValue, statement]`` is its statement), no tracing (the X-Ray grant's
+    ``Fn::If [TraceFunctions, statement, AWS::NoValue]`` is none)."""
     (policy,) = resources[role]["Properties"]["Policies"]
-    statements = policy["PolicyDocument"]["Statement"]
-    return [s["Fn::If"][2] if "Fn::If" in s else s for s in statements]
+    resolved = []
+    for statement in policy["PolicyDocument"]["Statement"]:
+        if "Fn::If" in statement:
+            condition, when_true, when_false = statement["Fn::If"]
+            statement = when_true if _DEFAULT_CONDITIONS[condition] else when_false
+        if statement != {"Ref": "AWS::NoValue"}:
+            resolved.append(statement)
+    return resolved
 
 
 def _actions(statement: dict) -> list[str]:
@@ -329,7 +340,20 @@ def _actions(statement: dict) -> list[str]:
     return [action] if isinstance(action, str) else action
 
 
-@pytest.mark.parametrize("role", sorted(set(ROLES.values())))
+# The functions that post to connections; $connect and $disconnect never do (a connection does not
+# exist until $connect returns), so their role may not.
+POSTERS = ("WebsocketMessage", "APIHandler", "FanoutWorker")
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_only_the_functions_that_post_may_manage_connections(resources, function):
+    role = resources[function]["Properties"]["Role"]["Fn::GetAtt"][0]
+    granted = {action for s in _statements(resources, role) for action in _actions(s)}
+    assert ("execute-api:ManageConnections" in granted) is (function in POSTERS), function
+    assert not [a for a in granted if a.startswith("execute-api:") and a != "execute-api:ManageConnections"]
+
+
+@pytest.mark.parametrize("role", sorted({ROLES[f] for f in POSTERS}))
 def test_manage_connections_only_on_this_stacks_api(resources, role):
     granting = [s for s in _statements(resources, role) if "execute-api:ManageConnections" in _actions(s)]
     assert len(granting) == 1
@@ -356,24 +380,29 @@ def test_role_may_connect_to_this_cache_as_the_app_user_only(resources, role):
     ]
 
 
-BASE_SIDS = {"Logs", "VpcNetworkInterfaces", "PostToThisApiConnections", "ConnectToTheCacheAsTheAppUser"}
+BASE_SIDS = {"Logs", "VpcNetworkInterfaces", "ConnectToTheCacheAsTheAppUser"}
+POST = "PostToThisApiConnections"
 
 
 @pytest.mark.parametrize(
     ("role", "sids"),
     [
-        ("DefaultRole", BASE_SIDS | {"ReadTheJwtSecret"}),
-        ("PublisherRole", BASE_SIDS | {"ReadTheJwtSecret", "EnqueueFanoutJobs"}),
+        ("DefaultRole", BASE_SIDS | {"ReadTheJwtSecret"}),  # $connect, $disconnect: they never post
+        ("PublisherRole", BASE_SIDS | {POST, "ReadTheJwtSecret", "EnqueueFanoutJobs"}),
         # the worker verifies no token: no SSM
-        ("FanoutWorkerRole", BASE_SIDS | {"EnqueueFanoutJobs", "ConsumeFanoutJobs"}),
+        ("FanoutWorkerRole", BASE_SIDS | {POST, "EnqueueFanoutJobs", "ConsumeFanoutJobs"}),
     ],
 )
 def test_role_keeps_every_other_permission_chalice_grants(resources, role, sids):
-    # infra/app.yaml replaces chalice's policy list: nothing chalice needs may get lost.
+    # infra/app.yaml replaces chalice's policy list: nothing chalice needs may get lost (posting only
+    # where the role's functions post).
     granted = {
         action for s in _statements(resources, role) if s["Effect"] == "Allow" for action in _actions(s)
     }
-    for statement in (CLOUDWATCH_LOGS, VPC_ATTACH_POLICY, POST_TO_WEBSOCKET_CONNECTION_POLICY):
+    needed = [CLOUDWATCH_LOGS, VPC_ATTACH_POLICY]
+    if POST in sids:
+        needed.append(POST_TO_WEBSOCKET_CONNECTION_POLICY)
+    for statement in needed:
         assert set(_actions(statement)) <= granted
     assert {s.get("Sid") for s in _statements(resources, role)} == sids
     for path, node in _walk(_statements(resources, role)):
@@ -394,7 +423,9 @@ SECRET_PARAMETER = {
 @pytest.mark.parametrize("role", ["DefaultRole", "PublisherRole"])
 def test_the_role_may_read_the_jwt_secret_parameter_and_nothing_else_in_ssm(template, resources, role):
     (policy,) = resources[role]["Properties"]["Policies"]
-    (conditional,) = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
+    (conditional,) = [
+        s for s in policy["PolicyDocument"]["Statement"] if s.get("Fn::If", [None])[0] == "UseJwks"
+    ]
     condition, when_jwks, statement = conditional["Fn::If"]
     assert condition == "UseJwks"
     assert when_jwks == {"Ref": "AWS::NoValue"}  # with an identity provider's JWKS: no SSM access at all

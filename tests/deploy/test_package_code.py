@@ -55,7 +55,10 @@ def test_lambda_still_accepts_the_runtime_for_new_functions():
     assert errors == []
 
 
-DATES = {"python3.11": {"deprecated": "2027-06-30", "create-block": "2027-07-31", "successor": "python3.14"}}
+DATES = {
+    "python3.10": {"deprecated": "2026-10-31", "create-block": "2027-02-01", "successor": "python3.14"},
+    "python3.11": {"deprecated": "2027-06-30", "create-block": "2027-07-31", "successor": "python3.14"},
+}
 
 
 @pytest.mark.parametrize(
@@ -66,12 +69,19 @@ DATES = {"python3.11": {"deprecated": "2027-06-30", "create-block": "2027-07-31"
         ("python3.11", (3, 11), "2027-07-31", "stopped accepting python3.11 for new functions", None),
         ("python3.10", (3, 9), "2027-01-01", "would name the runtime python3.10 for this Python 3.9", None),
         ("python3.15", (3, 15), "2027-01-01", "python3.15 is not a runtime this project supports", None),
+        # deprecated, yet still accepted by Lambda for new functions: no longer offered
+        (
+            "python3.10",
+            (3, 10),
+            "2026-12-03",
+            "python3.10 is not a runtime this project supports (Lambda deprecated it on 2026-10-31)",
+            None,
+        ),
         ("python3.12", (3, 12), "2027-01-01", "Lambda has no runtime python3.12", None),
     ],
 )
 def test_the_runtime_check_says_what_lambda_will_refuse(runtime, version, today, error, warning):
     errors, warnings = lambda_runtime.problems(runtime, version, datetime.date.fromisoformat(today), DATES)
-    assert [error] if error else [m for m in errors if error in m] == [] or errors == []
     if error:
         (message,) = errors
         assert error in message
@@ -81,6 +91,33 @@ def test_the_runtime_check_says_what_lambda_will_refuse(runtime, version, today,
     assert bool(warnings) == bool(warning)
     if warning:
         assert warning in warnings[0]
+
+
+TODAY = datetime.date(2026, 12, 3)
+
+
+def test_the_supported_runtimes_are_exactly_those_lambda_has_not_deprecated_as_of_today():
+    # Lambda's published dates (cfn-lint's pinned lifecycle data) on 2026-12-03: python3.10 was
+    # deprecated on 2026-10-31, 3.11 to 3.14 are current (chalice 1.34 knows none newer).
+    dates = lambda_runtime.lifecycle()
+    current = {
+        runtime
+        for runtime, phases in dates.items()
+        if runtime.startswith("python3.")
+        and datetime.date.fromisoformat(phases["deprecated"]) > TODAY
+        and int(runtime.split(".")[1]) <= 14
+    }
+    assert set(lambda_runtime.SUPPORTED) == current == {f"python3.{minor}" for minor in range(11, 15)}
+    for runtime in lambda_runtime.SUPPORTED:
+        version = (3, int(runtime.split(".")[1]))
+        assert lambda_runtime.problems(runtime, version, TODAY, dates) == ([], []), runtime
+
+
+def test_python_3_10_is_refused_as_of_today_with_lambdas_deprecation_date():
+    (error,), warnings = lambda_runtime.problems("python3.10", (3, 10), TODAY, lambda_runtime.lifecycle())
+    assert "Lambda deprecated it on 2026-10-31" in error
+    assert "python3.11, python3.12, python3.13, python3.14" in error  # what to use instead
+    assert warnings == []
 
 
 # ------------------------------------------------------------------------------------------ contents

@@ -115,6 +115,11 @@ def test_writes_network_and_cache_settings_into_the_stage(chalice_dir):
     assert message["lambda_timeout"] == 30
     assert prod["autogen_policy"] is False
     assert prod["iam_policy_file"] == "policy-prod.json"
+    # $connect and $disconnect never post nor enqueue: a policy file of their own
+    for name in FUNCTIONS:
+        assert prod["lambda_functions"][name].get("iam_policy_file") == (
+            "policy-prod-connect.json" if name in ("websocket_connect", "websocket_disconnect") else None
+        )
 
 
 def test_the_projects_own_config_gets_its_stage_level_vpc_rewritten(tmp_path):
@@ -208,13 +213,29 @@ def test_policy_file_scopes_the_role(chalice_dir):
     ]
 
 
+def test_the_connection_handlers_policy_may_neither_post_nor_touch_the_queue(chalice_dir):
+    assert _run(chalice_dir).returncode == 0
+    publishers = json.loads((chalice_dir / "policy-prod.json").read_text())
+    handlers = json.loads((chalice_dir / "policy-prod-connect.json").read_text())
+    assert [s["Sid"] for s in handlers["Statement"]] == [
+        "Logs",
+        "VpcNetworkInterfaces",
+        "ConnectToTheCacheAsTheAppUser",
+        "ReadTheJwtSecret",  # $connect verifies tokens
+    ]
+    assert "execute-api:" not in json.dumps(handlers)
+    assert "sqs:" not in json.dumps(handlers)
+    # every statement they keep is the publishers' own, word for word
+    assert all(statement in publishers["Statement"] for statement in handlers["Statement"])
+
+
 def test_a_stage_that_verifies_with_a_jwks_gets_no_ssm_access(chalice_dir):
     config = json.loads((chalice_dir / "config.json").read_text())
     config["stages"]["prod"]["environment_variables"]["AUTH_JWKS_URL"] = "https://idp.example/jwks.json"
     (chalice_dir / "config.json").write_text(json.dumps(config))
     assert _run(chalice_dir).returncode == 0
-    policy = json.loads((chalice_dir / "policy-prod.json").read_text())
-    assert "ssm:" not in json.dumps(policy)
+    for name in ("policy-prod.json", "policy-prod-connect.json"):
+        assert "ssm:" not in (chalice_dir / name).read_text()
 
 
 def test_log_retention_and_the_message_functions_reserved_concurrency(chalice_dir):
@@ -290,7 +311,7 @@ def test_chalice_accepts_the_written_config(tmp_path):
         capture_output=True, text=True, env={**env, "AWS_DEFAULT_REGION": "eu-west-1"}, timeout=300,
     )  # fmt: skip
     # THEN every function gets the stack's network and cache, and its role the written policy
-    # (with autogen_policy false chalice gives each function a role of its own, all with this policy)
+    # (with autogen_policy false chalice gives each function a role of its own, with its policy file)
     assert result.returncode == 0, result.stdout + result.stderr
     template = json.loads((tmp_path / "out" / "sam.json").read_text())
     functions = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
@@ -318,11 +339,15 @@ def test_chalice_accepts_the_written_config(tmp_path):
     assert QUEUE_ARN.endswith(":ws-broadcast-fanout")
     assert worker["Environment"]["Variables"]["FANOUT_QUEUE_URL"] == QUEUE_URL
     assert [p["Properties"].get("ReservedConcurrentExecutions") for p in functions.values()].count(100) == 1
-    written = json.loads((project / ".chalice" / "policy-prod.json").read_text())
-    for function in functions.values():
+    publishers = json.loads((project / ".chalice" / "policy-prod.json").read_text())
+    handlers = json.loads((project / ".chalice" / "policy-prod-connect.json").read_text())
+    for name, function in functions.items():
         role = template["Resources"][function["Properties"]["Role"]["Fn::GetAtt"][0]]
         (policy,) = role["Properties"]["Policies"]
-        assert policy["PolicyDocument"] == written
+        connection_handler = name in ("WebsocketConnect", "WebsocketDisconnect")
+        assert policy["PolicyDocument"] == (handlers if connection_handler else publishers), name
+        may_post = "execute-api:ManageConnections" in json.dumps(policy["PolicyDocument"])
+        assert may_post is not connection_handler, name
 
 
 DEPLOYED = {

@@ -113,3 +113,18 @@ def test_the_per_user_rate_is_off_and_the_queue_admits_five_minutes_of_budget_by
     assert (settings.publish_rate_per_user, settings.fanout_queue_backlog_seconds) == (0, 300)
     tuned = Settings.from_env({**BASE, "PUBLISH_RATE_PER_USER": "2.5", "FANOUT_QUEUE_BACKLOG_SECONDS": "60"})
     assert (tuned.publish_rate_per_user, tuned.fanout_queue_backlog_seconds) == (2.5, 60)
+
+
+def test_metrics_go_to_the_ws_broadcast_namespace_unless_told_otherwise():
+    assert Settings.from_env(BASE).metrics_namespace == "WsBroadcast"
+    assert (
+        Settings.from_env({**BASE, "METRICS_NAMESPACE": "Chat/prod #2"}).metrics_namespace == "Chat/prod #2"
+    )
+    assert Settings.from_env({**BASE, "METRICS_NAMESPACE": "  "}).metrics_namespace == "WsBroadcast"
+
+
+@pytest.mark.parametrize("value", ["AWS/Lambda", "x" * 256, "café", "ws{broadcast}", "a\nb"])
+def test_a_namespace_cloudwatch_would_refuse_is_named_with_the_fix(value):
+    with pytest.raises(SettingsError, match="METRICS_NAMESPACE must be a CloudWatch namespace") as caught:
+        Settings.from_env({**BASE, "METRICS_NAMESPACE": value})
+    assert "e.g. WsBroadcast" in str(caught.value)
