@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -22,8 +23,9 @@ from chalicelib.fanout import NEVER_POSTED, DeliveryReport, Fanout, PostPacer
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.jobs import InvalidJob, Job, JobQueue
 from chalicelib.log import logger, publish_key
-from chalicelib.management_api import DeliveryError, ManagementApi, ManagementApis
+from chalicelib.management_api import DeliveryError, Gone, ManagementApi, ManagementApis
 from chalicelib.registry import (
+    HANDSHAKE_WINDOW_SECONDS,
     ChannelForbidden,
     ConnectionClosed,
     ConnectionRegistry,
@@ -32,6 +34,7 @@ from chalicelib.registry import (
     OverLimit,
     Queued,
     RateLimited,
+    Recovery,
     Refusal,
     RegistryUnavailable,
     Snapshot,
@@ -51,6 +54,8 @@ OK, ACCEPTED, BAD_REQUEST, FORBIDDEN, GONE, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS
 )
 # Time kept back from Lambda's remaining time, to log and return after the fan-out's deadline.
 _RETURN_MARGIN_SECONDS = 1.0
+# The first pause before a reply that got 410 from a connection in its handshake window is tried again.
+_HANDSHAKE_RETRY_SECONDS = 0.05
 # Failed recipients logged one per line; past this many, only the summary counts them.
 _MAX_FAILURE_LINES = 20
 _REGISTRY_DOWN_MESSAGE = "the service cannot reach its connection registry; send the message again shortly"
@@ -184,43 +189,98 @@ class Broadcaster:
         """
         started = self._clock()
         api = self._management_apis.for_event(event.api_id, event.stage)
-        received = event.request_time_ms // 1000
+        replies = _Replies(api, event.connection_id, event.connected_at_ms, self._wall_clock, self._sleep)
         sender = event.connection_id
         try:
             message = envelope.parse(event.body)
-            if message is envelope.PING:
-                lost = self._registry.touch(sender, event.connected_at_ms)
-                _post(api, sender, envelope.encode_pong(received, lost=lost), what="pong")
-                return {"statusCode": OK}
-            if isinstance(message, envelope.ChannelRequest):
-                change = (
-                    self._registry.subscribe if message.action == "subscribe" else self._registry.unsubscribe
-                )
-                lost = change(sender, event.connected_at_ms, message.channel)
-                logger.info(f"{message.action}d", extra={"channel": message.channel})
-                _post(api, sender, envelope.encode_ack(message, lost=lost), what="acknowledgement")
-                return {"statusCode": OK}
-            payload = envelope.encode_publication(message, received=received)
+            if not isinstance(message, envelope.Publication):
+                return self._answer(replies, event, message, started, remaining_seconds)
+            payload = envelope.encode_publication(message, received=event.request_time_ms // 1000)
             snapshot = self._registry.begin_publish(
-                sender, event.connected_at_ms, include_sender=message.echo, channel=message.channel
+                sender,
+                event.connected_at_ms,
+                include_sender=message.echo,
+                channel=message.channel,
+                payload=payload,
             )
         except envelope.InvalidMessage as problem:
             logger.warning("message rejected", extra={"error_code": problem.code, "reason": problem.message})
-            return self._answer_invalid(api, event, problem)
+            return self._answer_invalid(replies, event, problem)
         except (RegistryUnavailable, Refusal, ConnectionClosed) as refusal:
-            return _answer_refusal(api, sender, refusal)
+            return _answer_refusal(replies, refusal)
+        payload = envelope.positioned(payload, snapshot.suffix)
         if isinstance(snapshot, Queued):
             exclude = None if message.echo else sender
             if not self._enqueue(event.api_id, event.stage, payload, snapshot, message.channel, exclude):
-                _reply_error(api, sender, envelope.QUEUE_UNAVAILABLE, _QUEUE_DOWN_MESSAGE)
+                replies.error(envelope.QUEUE_UNAVAILABLE, _QUEUE_DOWN_MESSAGE)
                 return {"statusCode": UNAVAILABLE}
             return {"statusCode": OK}
         recipients = [member for member in snapshot.live if message.echo or member != sender]
         self._deliver(api, payload, snapshot, recipients, message.channel, started, remaining_seconds)
         return {"statusCode": OK}
 
+    def _answer(
+        self,
+        replies: _Replies,
+        event: GatewayEvent,
+        message: object,
+        started: float,
+        remaining_seconds: float,
+    ) -> dict:
+        """A keepalive, channel request, resume or presence question: answered to its sender alone,
+        then, for a recovery, every message it missed, in order."""
+        sender, connected_at_ms = event.connection_id, event.connected_at_ms
+        replay: list[bytes] = []
+        if message is envelope.PING:
+            lost = self._registry.touch(sender, connected_at_ms)
+            answer, what = envelope.encode_pong(event.request_time_ms // 1000, lost=lost), "pong"
+        elif isinstance(message, envelope.Resume):
+            joined = self._registry.resume(sender, connected_at_ms, _since(message.since))
+            recovery = joined.recovery
+            answer, what = envelope.encode_resumed(lost=joined.lost, **_recovery_fields(recovery)), "resume"
+            replay = recovery.replay if recovery else []
+        elif message.action == "presence":
+            presence = self._registry.presence(sender, connected_at_ms, message.channel)
+            answer = envelope.encode_presence(message.channel, presence.count, presence.members)
+            what = "presence"
+        elif message.action == "subscribe":
+            joined = self._registry.subscribe(sender, connected_at_ms, message.channel, _since(message.since))
+            recovery = joined.recovery
+            answer = envelope.encode_ack(message, lost=joined.lost, **_recovery_fields(recovery))
+            what, replay = "acknowledgement", recovery.replay if recovery else []
+            logger.info("subscribed", extra={"channel": message.channel})
+        else:
+            lost = self._registry.unsubscribe(sender, connected_at_ms, message.channel)
+            answer, what = envelope.encode_ack(message, lost=lost), "acknowledgement"
+            logger.info("unsubscribed", extra={"channel": message.channel})
+        if replies.post(answer, what=what) and replay:
+            self._replay(replies, replay, started, remaining_seconds)
+        return {"statusCode": OK}
+
+    def _replay(
+        self, replies: _Replies, messages: list[bytes], started: float, remaining_seconds: float
+    ) -> None:
+        """Post the missed messages one after another (their order is the point), through the same
+        fan-out as any publish (retries, deadline); stop at the first that fails: the client sees the
+        gap by its offsets and recovers again."""
+        deadline = started + max(
+            0.0, min(self._publish_deadline_seconds, remaining_seconds - _RETURN_MARGIN_SECONDS)
+        )
+        replayed = 0
+        for message in messages:
+            report = self._fanout.deliver(
+                replies.api.post_many, message, [replies.connection_id], deadline=deadline
+            )
+            if not report.delivered:
+                logger.warning(
+                    "replay cut short", extra={"reason": next(iter(report.failed.values()), "gone")}
+                )
+                break
+            replayed += 1
+        logger.info("replayed", extra={"messages": replayed, "missed": len(messages)})
+
     def _answer_invalid(
-        self, api: ManagementApi, event: GatewayEvent, problem: envelope.InvalidMessage
+        self, replies: _Replies, event: GatewayEvent, problem: envelope.InvalidMessage
     ) -> dict:
         """A message that did not parse takes the sender's token like any other, so a flood of them is
         held to the sender's rate (then answered once, with rate_limited). While Redis is down it cannot
@@ -231,8 +291,8 @@ class Broadcaster:
         except RegistryUnavailable:
             logger.warning("the refused message is not metered: registry unavailable")
         except (OverLimit, ConnectionClosed) as refusal:
-            return _answer_refusal(api, sender, refusal)
-        _reply_error(api, sender, problem.code, problem.message)
+            return _answer_refusal(replies, refusal)
+        replies.error(problem.code, problem.message)
         return {"statusCode": _status_of(problem)}
 
     def publish_from_backend(self, body: str | bytes | None, remaining_seconds: float) -> tuple[int, dict]:
@@ -250,7 +310,7 @@ class Broadcaster:
             if self._websocket_api is None:
                 logger.error("backend publish: WEBSOCKET_API_ID is not set")
                 return UNAVAILABLE, envelope.error_document(envelope.REGISTRY_UNAVAILABLE, _NO_WEBSOCKET_API)
-            snapshot = self._registry.begin_backend_publish(message.channel)
+            snapshot = self._registry.begin_backend_publish(message.channel, payload)
         except envelope.InvalidMessage as problem:
             logger.warning(
                 "backend publish rejected", extra={"error_code": problem.code, "reason": problem.message}
@@ -259,6 +319,7 @@ class Broadcaster:
         except (RegistryUnavailable, OverLimit) as refusal:
             code, status, text, retry_after_ms = _refusal_reply(refusal)
             return status, envelope.error_document(code, text, retry_after_ms=retry_after_ms)
+        payload = envelope.positioned(payload, snapshot.suffix)
         if isinstance(snapshot, Queued):
             publish_id = self._enqueue(*self._websocket_api, payload, snapshot, message.channel, None)
             if not publish_id:
@@ -439,7 +500,9 @@ class Broadcaster:
         for connection_id, reason in list(report.failed.items())[:_MAX_FAILURE_LINES]:
             logger.warning("delivery failed", extra={"recipient": connection_id, "reason": reason})
         try:
-            self._registry.forget([*report.gone, *snapshot.stale], channel)
+            # a 410 from a connection in its handshake window is not a closed connection (yet)
+            gone = [member for member in report.gone if member not in snapshot.young]
+            self._registry.forget([*gone, *snapshot.stale], channel)
         except RegistryUnavailable:
             logger.exception("could not forget gone connections; the next publish retries")
         logger.info(
@@ -498,15 +561,26 @@ def _refusal_reply(refusal: Exception) -> tuple[str, int, str, int | None]:
     return code, status, text, retry_after_ms
 
 
-def _answer_refusal(api: ManagementApi, sender: str, refusal: Exception) -> dict:
-    """The sender's status; the error reply goes to the first refusal in a row only (an outage's to every one)."""
+def _answer_refusal(replies: _Replies, refusal: Exception) -> dict:
+    """The sender's status; the error reply when the registry says to answer (an outage's, always)."""
     if isinstance(refusal, ConnectionClosed):
         logger.info("message dropped: its connection has closed")
         return {"statusCode": GONE}
     code, status, text, retry_after_ms = _refusal_reply(refusal)
     if not isinstance(refusal, Refusal) or refusal.first:
-        _reply_error(api, sender, code, text, retry_after_ms=retry_after_ms)
+        replies.error(code, text, retry_after_ms=retry_after_ms)
     return {"statusCode": status}
+
+
+def _since(since: envelope.Since | None) -> tuple[int, str] | None:
+    return None if since is None else (since.offset, since.epoch)
+
+
+def _recovery_fields(recovery: Recovery | None) -> dict:
+    """What an acknowledgement says of its stream: its position, and whether what was missed is replayed."""
+    if recovery is None:
+        return {}
+    return {"position": (recovery.offset, recovery.epoch), "recovered": recovery.recovered}
 
 
 def _refuse_handshake(status: int, reason: str, *, logged: bool = False) -> dict:
@@ -516,15 +590,38 @@ def _refuse_handshake(status: int, reason: str, *, logged: bool = False) -> dict
     return {"statusCode": status, "body": json.dumps({"message": reason})}
 
 
-def _reply_error(
-    api: ManagementApi, connection_id: str, code: str, message: str, **details: int | None
-) -> None:
-    """Tell the sender, once, why its message was not published; a failure here is only logged."""
-    _post(api, connection_id, envelope.encode_error(code, message, **details), what="error reply")
+@dataclass(frozen=True)
+class _Replies:
+    """Posts to the one connection whose message is being answered.
 
+    A 410 while the connection is younger than ``HANDSHAKE_WINDOW_SECONDS`` is API Gateway still
+    finishing its handshake (a client may send as soon as it is open): the post is tried again, with
+    backoff, until the window ends. Any other failure is only logged.
+    """
 
-def _post(api: ManagementApi, connection_id: str, data: bytes, *, what: str) -> None:
-    try:
-        api.post(connection_id, data)
-    except DeliveryError as error:
-        logger.warning(f"{what} not delivered", extra={"reason": str(error)})
+    api: ManagementApi
+    connection_id: str
+    connected_at_ms: int
+    wall_clock: Callable[[], float]
+    sleep: Callable[[float], None]
+
+    def post(self, data: bytes, *, what: str) -> bool:
+        window_ends = self.connected_at_ms / 1000 + HANDSHAKE_WINDOW_SECONDS
+        pause = _HANDSHAKE_RETRY_SECONDS
+        while True:
+            try:
+                self.api.post(self.connection_id, data)
+                return True
+            except Gone as error:
+                if self.wall_clock() + pause >= window_ends:
+                    logger.warning(f"{what} not delivered", extra={"reason": str(error)})
+                    return False
+                self.sleep(pause)
+                pause = min(2 * pause, 0.5)
+            except DeliveryError as error:
+                logger.warning(f"{what} not delivered", extra={"reason": str(error)})
+                return False
+
+    def error(self, code: str, message: str, **details: int | None) -> None:
+        """Tell the sender why its message was not published."""
+        self.post(envelope.encode_error(code, message, **details), what="error reply")

@@ -4,7 +4,11 @@ Inbound, a client sends ``{"echo": false, "type": 99, "data": <any JSON>}``; ``e
 (default false), ``data`` is optional (missing means null, as the Go reference decodes it), an
 optional ``channel`` names the channel to publish to, and unknown fields are ignored. Outbound,
 every recipient gets ``{"type", "data", "received"}`` (and ``channel`` when it was published to one).
-Actions: ``{"action": "ping"}``, ``{"action": "subscribe" | "unsubscribe", "channel": ...}``.
+Actions: ``{"action": "ping"}``, ``{"action": "subscribe" | "unsubscribe", "channel": ...}`` (a subscribe
+may add ``"since": {"offset", "epoch"}`` to recover what it missed), ``{"action": "resume", "since": ...}``
+(the same for the messages to everyone), ``{"action": "presence", "channel": ...}``. With history, every
+publication also carries the ``offset`` and ``epoch`` of its stream, added by the registry's script
+before its closing brace (``positioned``), so a replay is the same bytes as the first delivery.
 A bad message is answered with ``{"error": {"code", "message"}}`` to its sender only.
 
 Only strict JSON (RFC 8259) passes in either direction, because every recipient's ``JSON.parse``
@@ -31,6 +35,8 @@ MAX_MESSAGE_BYTES = 128 * 1024
 # JSON 100, serde_json 128, CPython's json about 990), so whatever is published, every client can read.
 MAX_DEPTH = 64
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# What a stream's position adds to a publication: ,"offset":<up to 19 digits>,"epoch":"<16 digits>".
+POSITION_ROOM_BYTES = 64
 
 # The stable error codes a sender can receive; the README documents each.
 INVALID_JSON = "invalid_json"
@@ -49,6 +55,7 @@ INVALID_CHANNEL = "invalid_channel"
 CHANNEL_FORBIDDEN = "channel_forbidden"
 TOO_MANY_CHANNELS = "too_many_channels"
 UNKNOWN_ACTION = "unknown_action"
+INVALID_SINCE = "invalid_since"
 
 # A channel name: no '*' (permission patterns use it), no ',' (the ?channels= list), no braces
 # (Redis cluster hash tags), no spaces; short enough to be a key.
@@ -88,19 +95,40 @@ class Publication:
 
 
 @dataclass(frozen=True)
+class Since:
+    """Where a client's copy of a stream ends: the last ``offset`` it saw under ``epoch``."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True)
 class ChannelRequest:
-    """``{"action": "subscribe" | "unsubscribe", "channel": ...}``."""
+    """``{"action": "subscribe" | "unsubscribe" | "presence", "channel": ...}``; a subscribe's ``since``
+    asks for what was published after it."""
 
     action: str
     channel: str
+    since: Since | None = None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """``{"action": "resume", "since": ...}``: what was published to everyone after ``since``."""
+
+    since: Since
+
+
+# The epoch a stream gets (digits of Redis's clock); a client's is checked only against it.
+_MAX_EPOCH_LENGTH = 64
 
 
 class _LongInteger:
     """Stands in for an integer literal too long to convert, so a `type` can be told from `data`."""
 
 
-def parse(body: str | bytes | None) -> Publication | ChannelRequest | object:
-    """Validate one inbound message body: a ``Publication``, a ``ChannelRequest`` or ``PING``.
+def parse(body: str | bytes | None) -> Publication | ChannelRequest | Resume | object:
+    """Validate one inbound message body: a ``Publication``, a ``ChannelRequest``, a ``Resume`` or ``PING``.
 
     Raise ``InvalidMessage`` saying what is wrong.
     """
@@ -146,17 +174,36 @@ def parse_channels(listed: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_channel(name) for name in names))
 
 
-def _action(document: dict) -> ChannelRequest | object:
+def _action(document: dict) -> ChannelRequest | Resume | object:
     action = document["action"]
     if action == "ping":
         return PING
-    if action in ("subscribe", "unsubscribe"):
+    if action in ("subscribe", "unsubscribe", "presence"):
         if "channel" not in document:
             raise InvalidMessage(INVALID_CHANNEL, f'"{action}" needs a "channel", e.g. "channel": "room-1"')
-        return ChannelRequest(action=action, channel=_channel(document["channel"]))
+        since = _since(document["since"]) if action == "subscribe" and "since" in document else None
+        return ChannelRequest(action=action, channel=_channel(document["channel"]), since=since)
+    if action == "resume":
+        return Resume(since=_since(document.get("since")))
     raise InvalidMessage(
-        UNKNOWN_ACTION, f'"action" must be "ping", "subscribe" or "unsubscribe", got {_shown(action)}'
+        UNKNOWN_ACTION,
+        f'"action" must be "ping", "subscribe", "unsubscribe", "resume" or "presence", got {_shown(action)}',
     )
+
+
+def _since(value: Any) -> Since:
+    """``{"offset": <integer >= 0>, "epoch": <string>}``, as the client last received them."""
+    offset = value.get("offset") if isinstance(value, dict) else None
+    epoch = value.get("epoch") if isinstance(value, dict) else None
+    if not (
+        _is_int64(offset) and offset >= 0 and isinstance(epoch, str) and 0 < len(epoch) <= _MAX_EPOCH_LENGTH
+    ):
+        raise InvalidMessage(
+            INVALID_SINCE,
+            '"since" must be {"offset": <the last offset received, an integer from 0>, "epoch": <its '
+            f'"epoch", a string>}}, got {_shown(value)}',
+        )
+    return Since(offset=offset, epoch=epoch)
 
 
 def _channel(name: Any) -> str:
@@ -186,13 +233,20 @@ def encode_publication(publication: Publication, received: int) -> bytes:
         raise InvalidMessage(
             INVALID_JSON, '"data" holds a number JSON cannot carry (NaN or Infinity); send a finite number'
         ) from None
-    if len(payload) > MAX_MESSAGE_BYTES:
+    if len(payload) > MAX_MESSAGE_BYTES - POSITION_ROOM_BYTES:
         raise InvalidMessage(
             MESSAGE_TOO_LARGE,
             f"the published message would be {len(payload)} bytes with its envelope; "
-            f"keep it under {MAX_MESSAGE_BYTES} bytes (128 KB)",
+            f"keep it under {MAX_MESSAGE_BYTES - POSITION_ROOM_BYTES} bytes (128 KB, less room for its "
+            "offset and epoch)",
         )
     return payload
+
+
+def positioned(payload: bytes, suffix: str) -> bytes:
+    """A publication with what its stream's history added before its closing brace (its offset and
+    epoch), or as it is without history (``suffix`` empty)."""
+    return payload[:-1] + suffix.encode() if suffix else payload
 
 
 def error_document(code: str, message: str, *, retry_after_ms: int | None = None) -> dict:
@@ -214,10 +268,43 @@ def encode_pong(received: int, *, lost: bool) -> bytes:
     return _dumps({"action": "pong", "received": received, **({"lost": True} if lost else {})})
 
 
-def encode_ack(request: ChannelRequest, *, lost: bool) -> bytes:
-    """``{"action": "subscribed" | "unsubscribed", "channel": ...}`` to the sender of the request."""
-    reply = {"action": f"{request.action}d", "channel": request.channel}
-    return _dumps({**reply, **({"lost": True} if lost else {})})
+def encode_ack(
+    request: ChannelRequest,
+    *,
+    lost: bool,
+    position: tuple[int, str] | None = None,
+    recovered: bool | None = None,
+) -> bytes:
+    """``{"action": "subscribed" | "unsubscribed", "channel": ...}`` to the sender of the request; with
+    history, a subscribe's ``offset`` and ``epoch`` (the stream's latest), and ``recovered`` when it
+    asked for what it missed."""
+    reply: dict[str, Any] = {"action": f"{request.action}d", "channel": request.channel}
+    return _dumps({**reply, **_recovery_fields(position, recovered), **({"lost": True} if lost else {})})
+
+
+def encode_resumed(*, lost: bool, position: tuple[int, str] | None, recovered: bool | None) -> bytes:
+    """``{"action": "resumed", "recovered", "offset", "epoch"}``: without history, never recovered."""
+    fields = _recovery_fields(position, recovered) if position else {"recovered": False}
+    return _dumps({"action": "resumed", **fields, **({"lost": True} if lost else {})})
+
+
+def encode_presence(channel: str, count: int, members: list[tuple[str | None, int]]) -> bytes:
+    """``{"action": "presence", "channel", "count", "members": [{"user", "connections"}, ...]}``."""
+    return _dumps(
+        {
+            "action": "presence",
+            "channel": channel,
+            "count": count,
+            "members": [{"user": user, "connections": connections} for user, connections in members],
+        }
+    )
+
+
+def _recovery_fields(position: tuple[int, str] | None, recovered: bool | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {} if recovered is None else {"recovered": recovered}
+    if position is not None:
+        fields["offset"], fields["epoch"] = position
+    return fields
 
 
 def _text(body: str | bytes | None) -> str:

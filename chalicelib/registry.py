@@ -121,17 +121,66 @@ local function wait_for(tokens, need, rate)
 end
 """
 
+# A stream: the history of a channel, or of the messages to everyone. Its position hash holds the latest
+# offset ('o') and its epoch ('e'); its history list holds the last messages as they were delivered,
+# newest first. A position made anew (none yet, or lost with Redis's data) gets a new epoch and empties
+# the history kept under the old one: a stream rebuilt is never taken for the old one.
+_STREAM_LUA = """
+local function position(history_key, position_key, position_ttl)
+  local state = redis.call('HMGET', position_key, 'o', 'e')
+  local offset, epoch = tonumber(state[1]) or 0, state[2]
+  if not epoch then
+    local time = redis.call('TIME')
+    epoch = time[1] .. string.format('%06d', tonumber(time[2]))
+    offset = 0
+    redis.call('HSET', position_key, 'o', 0, 'e', epoch)
+    redis.call('DEL', history_key)
+  end
+  redis.call('EXPIRE', position_key, position_ttl)
+  return offset, epoch
+end
+-- Give a publication (a JSON object's bytes) its offset and epoch, keep it, and return what was added
+-- before its closing brace: every copy of it, delivered or replayed, is these same bytes.
+local function append(history_key, position_key, payload, size, ttl, position_ttl)
+  local _, epoch = position(history_key, position_key, position_ttl)
+  local offset = redis.call('HINCRBY', position_key, 'o', 1)
+  local suffix = ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+  redis.call('LPUSH', history_key, string.sub(payload, 1, -2) .. suffix)
+  redis.call('LTRIM', history_key, 0, size - 1)
+  redis.call('EXPIRE', history_key, ttl)
+  return suffix
+end
+-- For a client that had seen ``since`` (offset, epoch; offset -1: it asks for none): recovered (1, 0, or
+-- -1 when not asked), the latest offset, the epoch, then every message after ``since``, oldest first, or
+-- none: all of them or nothing, never a partial recovery.
+local function recover(history_key, position_key, since_offset, since_epoch, position_ttl)
+  local latest, epoch = position(history_key, position_key, position_ttl)
+  local reply = {-1, latest, epoch}
+  if since_offset < 0 then return reply end
+  reply[1] = 0
+  if since_epoch ~= epoch or since_offset > latest then return reply end
+  local missed = latest - since_offset
+  if missed > redis.call('LLEN', history_key) then return reply end
+  reply[1] = 1
+  local newest_first = missed > 0 and redis.call('LRANGE', history_key, 0, missed - 1) or {}
+  for i = #newest_first, 1, -1 do table.insert(reply, newest_first[i]) end
+  return reply
+end
+"""
+
 # KEYS: registry, the connection's hash, then one key per channel joined at connect.
 # ARGV: id, value, max age (s), stale cutoff (s), prune sample, expire-at (s), enforce (1/0),
-#       subscribe patterns, publish patterns, max channels, then the channel names.
+#       subscribe patterns, publish patterns, max channels, the token's sub ('' for none: kept in the
+#       connection's hash and in each membership, for presence), then the channel names.
 # Returns {0}, or a refusal as the message script's, {3, 0, 1, channel} (not allowed) or {4, 0, 1, ''}
 # (too many): nothing written then.
 _CONNECT_SCRIPT = (
     _ALLOWED_LUA
     + """
-local first_channel = 11
+local first_channel = 12
 local enforce = ARGV[7] == '1'
 if #ARGV - first_channel + 1 > tonumber(ARGV[10]) then return {4, 0, 1, ''} end
+local user = ARGV[11]
 if enforce then
   for i = first_channel, #ARGV do
     if not allowed(ARGV[8], ARGV[i]) then return {3, 0, 1, ARGV[i]} end
@@ -146,10 +195,12 @@ for i = 1, #sample, 2 do
   end
 end
 if enforce then redis.call('HSET', KEYS[2], '#s', ARGV[8], '#p', ARGV[9]) end
-local connected_at = string.match(ARGV[2], '^%d+')  -- a membership keeps no principal
+if user ~= '' then redis.call('HSET', KEYS[2], '#u', user) end
+-- a membership keeps no principal digest, only the sub (for presence)
+local member = string.match(ARGV[2], '^%d+') .. (user ~= '' and ':' .. user or '')
 for i = first_channel, #ARGV do
   local channel_key = KEYS[3 + i - first_channel]
-  redis.call('HSET', channel_key, ARGV[1], connected_at)
+  redis.call('HSET', channel_key, ARGV[1], member)
   redis.call('EXPIRE', channel_key, ARGV[3])
   redis.call('HSET', KEYS[2], 'c:' .. ARGV[i], 1)
 end
@@ -176,13 +227,18 @@ return 1
 """
 
 # KEYS: 1 registry, 2 sender's bucket, 3 post budget, 4 sender's hash, 5 the audience (registry or
-#       channel), 6 the queue's budget (3 and 6 are only used with one shard: sharded, they are keys of
-#       the sender's slot that are never written).
-# ARGV: see ``_MessageArgs``.
+#       channel), 6 the queue's budget, 7 and 8 the stream's history and position (the audience's, or
+#       everyone's for resume). 3, 6, 7 and 8 are only used with one shard: sharded, they are keys of the
+#       sender's slot that are never written (history then lives in the stream script's slot).
+# ARGV: see ``ConnectionRegistry._run_message``.
 # Modes: publish, check (a sharded publish's sender checks: rates and channel, no budget, no read),
-# ping, subscribe, unsubscribe, refuse (a message the caller refused: it costs a token, nothing else).
-# Returns {0, lost, entries...} for a publish, {5, lost, cost} for one whose audience is larger than the
-# inline max (queued: admitted against the queue's budget, nothing read), {0, lost} otherwise. Refusals:
+# ping, subscribe, unsubscribe, resume, presence, refuse (a message the caller refused: it costs a token,
+# nothing else).
+# Returns {0, lost, suffix, entries...} for a publish (suffix: what history added to the payload, '' with
+# history off), {5, lost, cost, suffix} for one whose audience is larger than the inline max (queued:
+# admitted against the queue's budget, nothing read), {0, lost, recovered, latest, epoch, replay...} for a
+# subscribe or resume with history (as ``recover``), {0, lost, entries...} for presence, {0, lost}
+# otherwise. Refusals:
 # {kind, wait ms, first, detail}: 1 over a rate (the sender's or its user's), 2 over the post budget (or
 # the queue's), 3 channel not allowed (detail: the channel), 4 too many channels, 7 refused by the caller;
 # ``first``: always 1 for 3, 4 and 7 (answered, as a granted message is), and for 1 and 2 only for the
@@ -191,6 +247,7 @@ return 1
 _MESSAGE_SCRIPT = (
     _ALLOWED_LUA
     + _LEVEL_LUA
+    + _STREAM_LUA
     + """
 local sender, mode, channel = ARGV[1], ARGV[7], ARGV[8]
 if sender ~= '' and redis.call('HEXISTS', KEYS[4], '#gone') == 1 then return {6} end
@@ -203,6 +260,7 @@ end
 local rate, burst, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local enforce, publishing = ARGV[10] == '1', mode == 'publish' or mode == 'check'
 local user_rate, backlog, reserve = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+local history_size, history_ttl, position_ttl = tonumber(ARGV[20]), ARGV[21], ARGV[22]
 -- A reply (pong, acknowledgement, error) is a post: one from the budget, never refused.
 local function pay_reply()
   if sender ~= '' and budget > 0 and ARGV[17] == '1' then
@@ -240,12 +298,14 @@ if publishing and channel ~= '' and sender ~= '' and enforce
     and not allowed(redis.call('HGET', KEYS[4], '#p'), channel) then
   return refuse(3, channel)
 end
-if mode == 'subscribe' then
-  if enforce and not allowed(redis.call('HGET', KEYS[4], '#s'), channel) then return refuse(3, channel) end
-  if redis.call('HEXISTS', KEYS[4], 'c:' .. channel) == 0 then
-    local joined = redis.call('HLEN', KEYS[4]) - redis.call('HEXISTS', KEYS[4], '#s') - redis.call('HEXISTS', KEYS[4], '#p')
-    if joined >= tonumber(ARGV[11]) then return refuse(4, '') end
-  end
+if (mode == 'subscribe' or mode == 'presence') and enforce
+    and not allowed(redis.call('HGET', KEYS[4], '#s'), channel) then
+  return refuse(3, channel)
+end
+if mode == 'subscribe' and redis.call('HEXISTS', KEYS[4], 'c:' .. channel) == 0 then
+  local joined = redis.call('HLEN', KEYS[4])
+  for _, field in ipairs({'#s', '#p', '#u'}) do joined = joined - redis.call('HEXISTS', KEYS[4], field) end
+  if joined >= tonumber(ARGV[11]) then return refuse(4, '') end
 end
 local user_key, user_tokens
 if publishing and sender ~= '' and user_rate > 0 then
@@ -286,7 +346,8 @@ if user_key then spend(user_key, user_tokens, 1, user_rate, burst, now) end
 if posts_tokens then spend(KEYS[3], posts_tokens, cost, budget, budget, now) end
 if queue_tokens then spend(KEYS[6], queue_tokens, cost, budget, backlog, now) end
 if mode == 'subscribe' then
-  redis.call('HSET', KEYS[5], sender, ARGV[2])
+  local user = redis.call('HGET', KEYS[4], '#u')
+  redis.call('HSET', KEYS[5], sender, user and ARGV[2] .. ':' .. user or ARGV[2])
   redis.call('EXPIRE', KEYS[5], ARGV[3])
   redis.call('HSET', KEYS[4], 'c:' .. channel, 1)
   redis.call('EXPIREAT', KEYS[4], ARGV[12])
@@ -295,9 +356,28 @@ elseif mode == 'unsubscribe' then
   redis.call('HDEL', KEYS[4], 'c:' .. channel)
 end
 if not publishing then pay_reply() end
+if mode == 'presence' then
+  local reply = redis.call('HGETALL', KEYS[5])
+  table.insert(reply, 1, lost)
+  table.insert(reply, 1, 0)
+  return reply
+end
+if (mode == 'subscribe' or mode == 'resume') and history_size > 0 then
+  local reply = recover(KEYS[7], KEYS[8], tonumber(ARGV[24]), ARGV[25], position_ttl)
+  -- a replay is posts, one a message: paid like replies
+  if #reply > 3 and budget > 0 and ARGV[17] == '1' then
+    spend(KEYS[3], level(KEYS[3], budget, budget, now), #reply - 3, budget, budget, now)
+  end
+  table.insert(reply, 1, lost)
+  table.insert(reply, 1, 0)
+  return reply
+end
 if mode ~= 'publish' then return {0, lost} end
-if queued then return {5, lost, cost} end
+local suffix = ''
+if history_size > 0 then suffix = append(KEYS[7], KEYS[8], ARGV[23], history_size, history_ttl, position_ttl) end
+if queued then return {5, lost, cost, suffix} end
 local reply = redis.call('HGETALL', KEYS[5])
+table.insert(reply, 1, suffix)
 table.insert(reply, 1, lost)
 table.insert(reply, 1, 0)
 return reply
@@ -330,6 +410,26 @@ local tokens = level(key, budget, capacity, now)
 if tokens < need then return {2, wait_for(tokens, need, budget), 1} end
 spend(key, tokens, count, budget, capacity, now)
 return {0, count, 0}
+"""
+)
+
+
+# KEYS: a stream's history and position, the post budget. ARGV: mode (append, recover), history size,
+# history TTL (s), position TTL (s), then the payload (append) or the since offset and epoch (recover),
+# posts/s, a test's clock (ms; -1: the server's). With shards, a stream lives in the unsharded slot
+# ``{PREFIX}`` beside the post budget, and this script keeps it: one round trip more than one shard's.
+_STREAM_SCRIPT = (
+    _LEVEL_LUA
+    + _STREAM_LUA
+    + """
+if ARGV[1] == 'append' then return {append(KEYS[1], KEYS[2], ARGV[5], tonumber(ARGV[2]), ARGV[3], ARGV[4])} end
+local reply = recover(KEYS[1], KEYS[2], tonumber(ARGV[5]), ARGV[6], ARGV[4])
+local budget = tonumber(ARGV[7])
+if #reply > 3 and budget > 0 then
+  local now = now_ms(ARGV[8])
+  spend(KEYS[3], level(KEYS[3], budget, budget, now), #reply - 3, budget, budget, now)
+end
+return reply
 """
 )
 
@@ -404,9 +504,25 @@ _OVER_LIMITS = {_OVER_RATE: RateLimited, _OVER_BUDGET: OverCapacity}
 # beyond it, and an inline publish goes out once the budget holds its cost or the reserve, whichever is
 # less (at least one post), perhaps leaving a debt that later publishes and the workers wait for.
 INLINE_RESERVE_SECONDS = 0.25
+# A 410 for a connection younger than this does not remove it, and a reply to it is tried again: API
+# Gateway may answer 410 while the connection's handshake is finishing, just after $connect returned.
+HANDSHAKE_WINDOW_SECONDS = 5
+# A stream's position outlives its history: a client holding an offset across a quiet spell learns
+# ``recovered: true`` with nothing missed, rather than a new epoch.
+_POSITION_TTL_SECONDS = 24 * 3600
 # How long $disconnect's tombstone keeps a late message from registering its connection again: a message
 # API Gateway received before the close reaches its handler within the 29 s integration timeout.
 _TOMBSTONE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class History:
+    """How much of each stream is kept: ``size`` messages (0: no history, no offsets), the whole stream
+    expiring ``ttl_seconds`` after its last publish; and how many users a presence answer lists."""
+
+    size: int = 0
+    ttl_seconds: int = 600
+    presence_max: int = 100
 
 
 @dataclass(frozen=True)
@@ -435,14 +551,16 @@ _LEASES_PER_SECOND = 20  # see ``ConnectionRegistry.post_lease_chunk``
 
 @dataclass(frozen=True)
 class Queued:
-    """A publish too large to deliver inline: nothing was read and no post budget taken.
+    """A publish too large to deliver inline: nothing was read, and it was admitted against the queue's
+    budget.
 
-    ``sizes``: the audience's entries in each shard that has any (one job each); ``lost`` as in
-    ``Snapshot``. The workers read their shard and take the budget as they post.
+    ``sizes``: the audience's entries in each shard that has any (one job each); ``lost`` and ``suffix``
+    as in ``Snapshot``. The workers read their shard and take the post budget as they post.
     """
 
     sizes: dict[int, int]
     lost: bool = False
+    suffix: str = ""
 
     @property
     def recipients(self) -> int:
@@ -451,10 +569,48 @@ class Queued:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The audience as one publish sees it; ``lost``: Redis had lost the sender (it is back now)."""
+    """The audience as one publish sees it; ``lost``: Redis had lost the sender (it is back now).
+
+    ``young``: the live members that connected less than ``HANDSHAKE_WINDOW_SECONDS`` ago: a 410 from
+    one of them may be API Gateway's handshake still finishing, not a closed connection. ``suffix``:
+    what history added to the payload before its closing brace (its offset and epoch; '' without
+    history): every recipient gets ``envelope.positioned(payload, suffix)``.
+    """
 
     live: list[str]
     stale: list[str]
+    lost: bool = False
+    young: frozenset[str] = frozenset()
+    suffix: str = ""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A stream as a subscribe or resume found it: its latest ``offset`` and ``epoch``; ``recovered``:
+    None when no ``since`` was given, else whether every message after it is in ``replay`` (oldest
+    first, each as it was delivered), all or none."""
+
+    offset: int
+    epoch: str
+    recovered: bool | None
+    replay: list[bytes]
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A subscribe's or resume's outcome; ``recovery`` is None with history off."""
+
+    lost: bool
+    recovery: Recovery | None = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A channel's live members: ``count`` connections in all, ``members`` (user: the token's sub, or
+    None; connections) for at most ``presence_max`` users, most connections first."""
+
+    count: int
+    members: list[tuple[str | None, int]]
     lost: bool = False
 
 
@@ -497,13 +653,15 @@ class ConnectionRegistry:
         channels_per_connection: int = 20,
         shards: int = 1,
         inline_max: int = 0,
+        history: History = History(),
         clock: Callable[[], float] = time.time,
         bucket_clock: Callable[[], float] | None = None,
     ) -> None:
         """``shards``: how many shards hold the connections (``REGISTRY_SHARDS``); ``inline_max``: the
         largest audience a publish reads itself (0: every audience, there is no queue). ``clock``: this
         container's, for connections' ages (API Gateway's ``connectedAt`` is in seconds); the token buckets
-        run on Redis's clock, shared by every container, unless a test steps ``bucket_clock``."""
+        run on Redis's clock, shared by every container, unless a test steps ``bucket_clock``. ``history``:
+        how much of each stream is kept (off by default: no offsets, no replays)."""
         self._client = client
         self._prefix = prefix
         self._max_age_seconds = max_age_seconds
@@ -512,12 +670,14 @@ class ConnectionRegistry:
         self._channels_per_connection = channels_per_connection
         self._shards = shards
         self._inline_max = inline_max
+        self._history = history
         self._clock = clock
         self._bucket_clock = bucket_clock
         self._connect = client.register_script(_CONNECT_SCRIPT)
         self._leave = client.register_script(_LEAVE_SCRIPT)
         self._message = client.register_script(_MESSAGE_SCRIPT)
         self._budget = client.register_script(_BUDGET_SCRIPT)
+        self._stream = client.register_script(_STREAM_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> ConnectionRegistry:
@@ -536,6 +696,11 @@ class ConnectionRegistry:
             channels_per_connection=settings.channels_per_connection,
             shards=settings.registry_shards,
             inline_max=settings.fanout_inline_max if settings.fanout_queue_url else 0,
+            history=History(
+                size=settings.history_size,
+                ttl_seconds=settings.history_ttl_seconds,
+                presence_max=settings.presence_max,
+            ),
         )
 
     @property
@@ -590,6 +755,7 @@ class ConnectionRegistry:
                     "\n".join(permissions.subscribe),
                     "\n".join(permissions.publish),
                     self._channels_per_connection,
+                    principal or "",
                     *channels,
                 ],
             )
@@ -606,36 +772,96 @@ class ConnectionRegistry:
             )
 
     def begin_publish(
-        self, sender: str, connected_at_ms: int, *, include_sender: bool, channel: str | None = None
+        self,
+        sender: str,
+        connected_at_ms: int,
+        *,
+        include_sender: bool,
+        channel: str | None = None,
+        payload: bytes = b"{}",
     ) -> Snapshot | Queued:
-        """Re-register the sender, check the channel, apply both limits, read the audience (every
-        connection, or the channel's members); one round trip with one shard. An audience larger than
-        the inline max is not read: ``Queued`` says how large it is, shard by shard.
+        """Re-register the sender, check the channel, apply the limits, keep ``payload`` in its
+        stream's history (giving it its offset: ``suffix``), read the audience (every connection, or the
+        channel's members); one round trip with one shard. An audience larger than the inline max is not
+        read: ``Queued`` says how large it is, shard by shard.
 
         Raise ``RateLimited``, ``OverCapacity`` or ``ChannelForbidden`` when refused (nothing read; the
         sender's token taken), ``ConnectionClosed`` when its ``$disconnect`` has run.
         """
         if self._shards == 1:
             reply = self._run_message(
-                "publish", sender, connected_at_ms, channel=channel, echo=include_sender
+                "publish", sender, connected_at_ms, channel=channel, echo=include_sender, payload=payload
             )
             return self._one_shard_publish(reply)
         lost = self._run_message("check", sender, connected_at_ms, channel=channel)[1] == 1
-        return self._sharded_publish(channel, lost=lost, first=True)
+        return self._sharded_publish(channel, payload, lost=lost)
 
-    def begin_backend_publish(self, channel: str | None = None) -> Snapshot | Queued:
-        """A publish with no sender (``POST /publish``): the post budget, then the audience."""
+    def begin_backend_publish(self, channel: str | None = None, payload: bytes = b"{}") -> Snapshot | Queued:
+        """A publish with no sender (``POST /publish``): the post budget, history, then the audience."""
         if self._shards == 1:
-            return self._one_shard_publish(self._run_message("publish", "", 0, channel=channel, echo=True))
-        return self._sharded_publish(channel, lost=False, first=True)
+            return self._one_shard_publish(
+                self._run_message("publish", "", 0, channel=channel, echo=True, payload=payload)
+            )
+        return self._sharded_publish(channel, payload, lost=False)
 
     def touch(self, sender: str, connected_at_ms: int) -> bool:
         """A keepalive: re-register the sender if Redis lost it (then True), counting against its rate."""
         return self._run_message("ping", sender, connected_at_ms)[1] == 1
 
-    def subscribe(self, sender: str, connected_at_ms: int, channel: str) -> bool:
-        """Join a channel (allowed by the token, within the per-connection count); True if Redis had lost the sender."""
-        return self._run_message("subscribe", sender, connected_at_ms, channel=channel)[1] == 1
+    def subscribe(
+        self, sender: str, connected_at_ms: int, channel: str, since: tuple[int, str] | None = None
+    ) -> Joined:
+        """Join a channel (allowed by the token, within the per-connection count), and find its stream's
+        position and, given ``since`` (offset, epoch), what the sender missed; one round trip with one
+        shard. ``lost``: Redis had lost the sender."""
+        return self._join("subscribe", sender, connected_at_ms, channel, since)
+
+    def resume(self, sender: str, connected_at_ms: int, since: tuple[int, str]) -> Joined:
+        """What the sender missed of the messages to everyone since ``since``; a message like any other."""
+        return self._join("resume", sender, connected_at_ms, None, since)
+
+    def presence(self, sender: str, connected_at_ms: int, channel: str) -> Presence:
+        """Who is in a channel (the token must allow subscribing to it); a message like any other."""
+        reply = self._run_message("presence", sender, connected_at_ms, channel=channel)
+        if self._shards == 1:
+            entries = list(zip(reply[2::2], reply[3::2], strict=True))
+        else:
+            with _unavailable_on_error():
+                pipeline = self._client.pipeline(transaction=False)
+                for shard in range(self._shards):
+                    pipeline.hgetall(self._channel_key(channel, shard))
+                entries = [entry for part in pipeline.execute() for entry in part.items()]
+        cutoff = self._stale_cutoff()
+        users: dict[str | None, int] = {}
+        for _, value in entries:
+            if _seconds(value) > cutoff:
+                user = value.partition(":")[2] or None
+                users[user] = users.get(user, 0) + 1
+        ranked = sorted(users.items(), key=lambda member: (-member[1], member[0] or ""))
+        return Presence(
+            count=sum(users.values()), members=ranked[: self._history.presence_max], lost=int(reply[1]) == 1
+        )
+
+    def _join(
+        self, mode: str, sender: str, connected_at_ms: int, channel: str | None, since: tuple[int, str] | None
+    ) -> Joined:
+        reply = self._run_message(mode, sender, connected_at_ms, channel=channel, since=since)
+        lost = int(reply[1]) == 1
+        if not self._history.size:
+            return Joined(lost=lost)
+        if self._shards > 1:
+            with _unavailable_on_error():
+                reply = [0, 0, *self._run_stream("recover", channel, *(since or (-1, "")))]
+        recovered, offset, epoch, *replay = reply[2:]
+        return Joined(
+            lost=lost,
+            recovery=Recovery(
+                offset=int(offset),
+                epoch=epoch,
+                recovered=None if int(recovered) < 0 else int(recovered) == 1,
+                replay=[message.encode() for message in replay],
+            ),
+        )
 
     def unsubscribe(self, sender: str, connected_at_ms: int, channel: str) -> bool:
         return self._run_message("unsubscribe", sender, connected_at_ms, channel=channel)[1] == 1
@@ -695,13 +921,15 @@ class ConnectionRegistry:
         return zlib.crc32(connection_id.encode()) % self._shards
 
     def _one_shard_publish(self, reply: list) -> Snapshot | Queued:
+        lost = int(reply[1]) == 1
         if int(reply[0]) == _QUEUED:
-            return Queued(sizes={0: int(reply[2])}, lost=int(reply[1]) == 1)
-        return self._snapshot(zip(reply[2::2], reply[3::2], strict=True), lost=int(reply[1]) == 1)
+            return Queued(sizes={0: int(reply[2])}, lost=lost, suffix=reply[3])
+        return self._snapshot(zip(reply[3::2], reply[4::2], strict=True), lost=lost, suffix=reply[2])
 
-    def _sharded_publish(self, channel: str | None, *, lost: bool, first: bool) -> Snapshot | Queued:
+    def _sharded_publish(self, channel: str | None, payload: bytes, *, lost: bool) -> Snapshot | Queued:
         """The audience's size, one HLEN per shard in one pipeline; then either the queue's budget and
-        ``Queued``, or the post budget and the read of every shard that has members, in one pipeline."""
+        ``Queued``, or the post budget and the read of every shard that has members, in one pipeline;
+        with history, the stream's append in between."""
         with _unavailable_on_error():
             pipeline = self._client.pipeline(transaction=False)
             for shard in range(self._shards):
@@ -713,14 +941,33 @@ class ConnectionRegistry:
             with _unavailable_on_error():
                 reply = self._run_budget(cost, "queue" if queued else "take")
             self._raise_refusal(reply)
+        suffix = ""
+        if self._history.size:
+            with _unavailable_on_error():
+                (suffix,) = self._run_stream("append", channel, payload)
         if queued:
-            return Queued(sizes=sizes, lost=lost)
+            return Queued(sizes=sizes, lost=lost, suffix=suffix)
         with _unavailable_on_error():
             pipeline = self._client.pipeline(transaction=False)
             for shard in sizes:
                 pipeline.hgetall(self._audience_key(channel, shard))
             entries = [entry for shard_entries in pipeline.execute() for entry in shard_entries.items()]
-        return self._snapshot(entries, lost=lost)
+        return self._snapshot(entries, lost=lost, suffix=suffix)
+
+    def _run_stream(self, mode: str, channel: str | None, *args: Any) -> list:
+        """The stream script (sharded registries): ``append`` (payload) or ``recover`` (since offset, epoch)."""
+        history = self._history
+        return self._stream(
+            keys=[self._history_key(channel), self._position_key(channel), self._posts_key()],
+            args=[
+                mode,
+                history.size,
+                history.ttl_seconds,
+                _POSITION_TTL_SECONDS,
+                *args,
+                *([] if mode == "append" else [self._limits.max_posts_per_second, self._bucket_now_ms()]),
+            ],
+        )
 
     def _run_budget(self, count: int, mode: str) -> list:
         """The budgets' script: ``take`` (an inline publish's cost), ``queue`` (a queued one's) or
@@ -739,7 +986,15 @@ class ConnectionRegistry:
         )
 
     def _run_message(
-        self, mode: str, sender: str, connected_at_ms: int, *, channel: str | None = None, echo: bool = False
+        self,
+        mode: str,
+        sender: str,
+        connected_at_ms: int,
+        *,
+        channel: str | None = None,
+        echo: bool = False,
+        payload: bytes = b"",
+        since: tuple[int, str] | None = None,
     ) -> list:
         if sender:
             _check(sender)
@@ -747,6 +1002,9 @@ class ConnectionRegistry:
         limits = self._limits
         seconds = connected_at_ms // 1000
         one_shard = self._shards == 1
+        # resume recovers the messages to everyone; the others, the stream of the channel they name
+        stream = None if mode == "resume" else channel
+        since_offset, since_epoch = since or (-1, "")
         with _unavailable_on_error():
             reply = self._message(
                 keys=[
@@ -758,6 +1016,8 @@ class ConnectionRegistry:
                     self._connection_key(sender),
                     self._audience_key(channel, shard),
                     self._queue_budget_key() if one_shard else self._hash_tagged("queued", shard),
+                    self._history_key(stream) if one_shard else self._hash_tagged("history", shard),
+                    self._position_key(stream) if one_shard else self._hash_tagged("position", shard),
                 ],
                 args=[
                     sender,
@@ -779,17 +1039,29 @@ class ConnectionRegistry:
                     1 if one_shard else 0,  # the post budget is this script's: replies are paid from it
                     self._hash_tagged("user:", shard),  # + the sender's principal key: its user's bucket
                     self._bucket_now_ms(),
+                    self._history.size if one_shard else 0,  # sharded, the stream script keeps history
+                    self._history.ttl_seconds,
+                    _POSITION_TTL_SECONDS,
+                    payload,
+                    since_offset,
+                    since_epoch,
                 ],
             )
         self._raise_refusal(reply)
         return reply
 
-    def _snapshot(self, entries: Iterable[tuple[str, str]], *, lost: bool = False) -> Snapshot:
+    def _snapshot(
+        self, entries: Iterable[tuple[str, str]], *, lost: bool = False, suffix: str = ""
+    ) -> Snapshot:
         cutoff = self._stale_cutoff()
-        live, stale = [], []
+        young_since = int(self._clock()) - HANDSHAKE_WINDOW_SECONDS
+        live, stale, young = [], [], []
         for connection_id, value in entries:
-            (stale if _seconds(value) <= cutoff else live).append(connection_id)
-        return Snapshot(live=live, stale=stale, lost=lost)
+            connected_at = _seconds(value)
+            (stale if connected_at <= cutoff else live).append(connection_id)
+            if connected_at >= young_since:
+                young.append(connection_id)
+        return Snapshot(live=live, stale=stale, lost=lost, young=frozenset(young), suffix=suffix)
 
     def _raise_refusal(self, reply: list) -> None:
         """Turn a script's refusal into the exception that says why."""
@@ -820,6 +1092,14 @@ class ConnectionRegistry:
 
     def _queue_budget_key(self) -> str:
         return _hash_tagged(self._prefix, "queued")
+
+    def _history_key(self, channel: str | None) -> str:
+        """A stream's kept messages: the channel's, or (None) the messages to everyone's; in the unsharded
+        slot, whatever the shard count (one stream, however many shards its members are in)."""
+        return _hash_tagged(self._prefix, "history" if channel is None else f"history:{channel}")
+
+    def _position_key(self, channel: str | None) -> str:
+        return _hash_tagged(self._prefix, "position" if channel is None else f"position:{channel}")
 
     def _connection_key(self, connection_id: str) -> str:
         return self._hash_tagged(f"conn:{connection_id}", self.shard_of(connection_id))

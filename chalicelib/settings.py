@@ -25,6 +25,12 @@ FANOUT_INLINE_MAX_DEFAULT = 10_000
 # How far ahead of the post budget the queue admits broadcasts: seconds of MAX_POSTS_PER_SECOND. The
 # queue's age alarm fires at 300 s, so an admitted backlog never trips it by itself.
 FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT = 300.0
+# Each stream keeps its last HISTORY_SIZE messages, the whole stream expiring HISTORY_TTL_SECONDS after
+# its last publish: enough for a client to recover what it missed across a reconnect (README, History).
+HISTORY_SIZE_DEFAULT = 100
+HISTORY_TTL_SECONDS_DEFAULT = 600
+# A presence answer lists at most this many users (Pusher's cap on a presence channel); its count is exact.
+PRESENCE_MAX_DEFAULT = 100
 # Registry shards: each is its own cluster slot; a small publish reads one key per shard.
 MAX_REGISTRY_SHARDS = 1024
 
@@ -108,6 +114,9 @@ class Settings:
     fanout_queue_url: str | None = None
     fanout_inline_max: int = FANOUT_INLINE_MAX_DEFAULT
     fanout_queue_backlog_seconds: float = FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT
+    history_size: int = HISTORY_SIZE_DEFAULT
+    history_ttl_seconds: int = HISTORY_TTL_SECONDS_DEFAULT
+    presence_max: int = PRESENCE_MAX_DEFAULT
     metrics_namespace: str = METRICS_NAMESPACE_DEFAULT
 
     @classmethod
@@ -163,6 +172,16 @@ class Settings:
                 high=API_GATEWAY_MAX_CONNECTION_SECONDS,
             ),
             metrics_namespace=_metrics_namespace(env),
+            history_size=_number(env, "HISTORY_SIZE", int, HISTORY_SIZE_DEFAULT, low=0, high=10_000),
+            history_ttl_seconds=_number(
+                env,
+                "HISTORY_TTL_SECONDS",
+                int,
+                HISTORY_TTL_SECONDS_DEFAULT,
+                low=1,
+                high=API_GATEWAY_MAX_CONNECTION_SECONDS,
+            ),
+            presence_max=_number(env, "PRESENCE_MAX", int, PRESENCE_MAX_DEFAULT, low=1, high=10_000),
         )
 
     @property

@@ -43,6 +43,7 @@ class ManagementApiServer:
         self._open: dict[str, datetime] = {}
         self._received: dict[str, list[bytes]] = defaultdict(list)
         self._throttle: dict[str, int] = defaultdict(int)
+        self._opening: dict[str, int] = {}
         self.posts = 0
         self.tcp_connections = 0
         # How it ends a response: keep the connection ("keep-alive"), announce "close", close "silently"
@@ -82,6 +83,13 @@ class ManagementApiServer:
         with self._changed:
             self._throttle[connection_id] = times
 
+    def handshake(self, connection_id: str, posts: int) -> None:
+        """Answer the next ``posts`` posts to this connection with 410, then open it: API Gateway's window
+        between ``$connect`` returning and the connection taking posts."""
+        with self._changed:
+            self._open.pop(connection_id, None)
+            self._opening[connection_id] = posts
+
     def received(self, connection_id: str) -> list[dict]:
         with self._changed:
             return [json.loads(body) for body in self._received[connection_id]]
@@ -108,6 +116,11 @@ class ManagementApiServer:
             self.posts += method == "POST"
             if self.accept_any_connection and method == "POST" and len(body) <= MAX_POST_BYTES:
                 return 200, {}
+            if self._opening.get(connection_id, 0) > 0:
+                self._opening[connection_id] -= 1
+                if not self._opening[connection_id]:
+                    self._open[connection_id] = datetime.now(UTC)
+                return 410, {"message": "GoneException"}
             if connection_id not in self._open:
                 return 410, {"message": "GoneException"}
             if method == "GET":

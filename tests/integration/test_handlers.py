@@ -10,7 +10,7 @@ from chalicelib import envelope
 from chalicelib.management_api import endpoint_url
 from chalicelib.registry import registry_key
 from chalicelib.settings import Settings, SettingsError
-from testing.apigw import Connection
+from testing.apigw import Connection, now_ms
 from testing.lambda_context import LambdaContext
 
 REFERENCE_MESSAGE = '{ "echo": false, "type": 99, "data": "data to publish" }'
@@ -26,8 +26,10 @@ def test_a_message_reaches_every_other_connection_but_not_its_sender(gateway, ma
     # THEN bob and carol get it, stamped with the time API Gateway received it, and alice does not
     assert response == {"statusCode": 200}
     expected = {"type": 99, "data": "data to publish", "received": 1_795_654_176}
-    assert management_api.wait_for(bob.connection_id, 1) == [expected]
-    assert management_api.wait_for(carol.connection_id, 1) == [expected]
+    (to_bob,) = management_api.wait_for(bob.connection_id, 1)
+    # AND, history being on, its position in the stream of messages to everyone
+    assert to_bob == {**expected, "offset": 1, "epoch": to_bob["epoch"]}
+    assert management_api.wait_for(carol.connection_id, 1) == [to_bob]
     assert management_api.received(alice.connection_id) == []
 
 
@@ -78,9 +80,9 @@ def test_a_bad_message_gets_one_error_reply_and_is_not_published(gateway, manage
 
 
 def test_gone_connections_are_forgotten_after_delivery(gateway, management_api, redis_server):
-    # GIVEN bob's connection closed without a $disconnect reaching us
+    # GIVEN bob's connection closed without a $disconnect reaching us (past its handshake window)
     alice, _ = gateway.connect()
-    bob, _ = gateway.connect()
+    bob, _ = gateway.connect(Connection(connected_at_ms=now_ms() - 60_000))
     carol, _ = gateway.connect()
     management_api.close(bob.connection_id)
     # WHEN alice publishes THEN carol still gets it, and bob is removed from the registry

@@ -182,10 +182,13 @@ def test_re_registering_keeps_an_existing_entry_and_its_principal(redis_client, 
     )
 
 
-def test_a_membership_keeps_only_when_its_connection_connected(redis_client, clock):
-    # The principal stays in the registry's entry alone: a membership is one short value per channel.
+def test_a_membership_keeps_when_its_connection_connected_and_who_it_is(redis_client, clock):
+    # The principal's digest stays in the registry's entry alone; a membership keeps the token's sub,
+    # which presence lists, and a connection without a token keeps only when it connected.
     registry = registry_with(redis_client, clock)
     registry.add("LLLLLLLLLLLLLLL=", int(NOW * 1000), principal="listener", channels=("room-1",))
     registry.subscribe("LLLLLLLLLLLLLLL=", int(NOW * 1000), "room-2")
+    registry.subscribe(SENDER, int(NOW * 1000), "room-2")
     for channel in ("room-1", "room-2"):
-        assert redis_client.hget(f"{{limits}}:ch:{channel}", "LLLLLLLLLLLLLLL=") == str(int(NOW))
+        assert redis_client.hget(f"{{limits}}:ch:{channel}", "LLLLLLLLLLLLLLL=") == f"{int(NOW)}:listener"
+    assert redis_client.hget("{limits}:ch:room-2", SENDER) == str(int(NOW))

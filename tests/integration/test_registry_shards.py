@@ -90,7 +90,7 @@ def test_subscribe_and_healing_stay_in_the_senders_shard(redis_client):
     alice, bob = connection_ids(2)
     registry.add(alice, CONNECTED_AT_MS, permissions=Permissions())
     registry.add(bob, CONNECTED_AT_MS)
-    assert registry.subscribe(bob, CONNECTED_AT_MS, "room-1") is False
+    assert registry.subscribe(bob, CONNECTED_AT_MS, "room-1").lost is False
     assert registry.begin_backend_publish("room-1").live == [bob]
     # WHEN Redis loses everything THEN bob's next ping puts him back in his own shard, and says so
     redis_client.flushall()

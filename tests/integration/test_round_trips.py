@@ -2,6 +2,7 @@
 
 import pytest
 
+from testing.apigw import Connection, now_ms
 from tests.support.command_log import CommandLog
 
 
@@ -66,7 +67,7 @@ def test_a_publish_with_gone_connections_costs_one_more_command_whatever_their_n
 ):
     warm(gateway)
     alice, _ = gateway.connect()
-    gone = [gateway.connect()[0] for _ in range(5)]
+    gone = [gateway.connect(Connection(connected_at_ms=now_ms() - 60_000))[0] for _ in range(5)]
     for connection in gone:
         management_api.close(connection.connection_id)
     command_log.commands_until_now()
@@ -98,7 +99,11 @@ def test_sharded_events_cost_what_they_cost_unsharded_and_a_publish_reads_one_ke
         gateway.send(alice, {"action": "subscribe", "channel": "room-1"})
         gateway.send(alice, {"action": "ping"})
         management_api.wait_for(alice.connection_id, 2)
-        assert log.commands_until_now() == ["EVALSHA", "EVALSHA"]
+        assert log.commands_until_now() == [
+            "EVALSHA",  # the subscribe, in alice's shard
+            "EVALSHA",  # the channel's stream position, in the unsharded slot (history is on)
+            "EVALSHA",  # the ping
+        ]
 
         gateway.send(alice, {"type": 1, "channel": "room-1"})
         management_api.wait_for(bob.connection_id, 1)
@@ -109,6 +114,7 @@ def test_sharded_events_cost_what_they_cost_unsharded_and_a_publish_reads_one_ke
             "EVALSHA",  # the sender: healed, its rate, its channel permission (its own shard)
             *["HLEN"] * 4,  # the audience's size: one key per shard, one pipeline
             "EVALSHA",  # the whole API's post budget
+            "EVALSHA",  # the stream: the publish's offset, kept in history
             *["HGETALL"] * members_shards,  # the read: the shards with members, one pipeline
         ]
 

@@ -16,7 +16,7 @@ from chalicelib.fanout import Fanout
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.management_api import Gone
 from chalicelib.registry import ConnectionRegistry, Limits
-from testing.apigw import Connection
+from testing.apigw import Connection, now_ms
 
 
 class InMemoryApi:
@@ -62,7 +62,7 @@ def api() -> InMemoryApi:
     return InMemoryApi()
 
 
-def make_broadcaster(api, *, verifier=None, limits: Limits | None = None) -> Broadcaster:
+def make_broadcaster(api, *, verifier=None, limits: Limits | None = None, sleep=None) -> Broadcaster:
     registry = ConnectionRegistry(
         fakeredis.FakeRedis(decode_responses=True),
         prefix="unit",
@@ -71,12 +71,20 @@ def make_broadcaster(api, *, verifier=None, limits: Limits | None = None) -> Bro
         enforce_channel_permissions=verifier is not None,
     )
     return Broadcaster(
-        registry, api, Fanout(8), Gatekeeper(verifier), publish_deadline_seconds=5, websocket_api=("a", "api")
+        registry,
+        api,
+        Fanout(8),
+        Gatekeeper(verifier),
+        publish_deadline_seconds=5,
+        websocket_api=("a", "api"),
+        **({"sleep": sleep} if sleep else {}),
     )
 
 
-def join(broadcaster, api, *, headers=(), query_string="") -> Connection:
-    connection = Connection()
+def join(
+    broadcaster, api, *, headers=(), query_string="", connection: Connection | None = None
+) -> Connection:
+    connection = connection or Connection()
     event = GatewayEvent.from_dict(connection.connect_event(headers=list(headers), query_string=query_string))
     response = broadcaster.connect(event)
     assert response["statusCode"] == 200, response
@@ -100,7 +108,8 @@ def test_a_publish_reaches_everyone_but_its_sender(api):
 
 def test_a_gone_connection_is_forgotten_and_not_posted_to_again(api):
     broadcaster = make_broadcaster(api)
-    alice, bob = join(broadcaster, api), join(broadcaster, api)
+    alice = join(broadcaster, api)
+    bob = join(broadcaster, api, connection=Connection(connected_at_ms=now_ms() - 60_000))
     api.open.discard(bob.connection_id)
     say(broadcaster, alice, {"type": 1, "echo": True})
     api.open.add(bob.connection_id)  # were bob still registered, the next publish would reach him
@@ -155,3 +164,19 @@ def test_limits_answer_once_then_stay_quiet(api):
     assert [say(broadcaster, alice, {"type": n, "echo": True}) for n in range(4)] == [200, 429, 429, 429]
     codes = [m.get("error", {}).get("code") for m in api.inbox[alice.connection_id]]
     assert codes == [None, "rate_limited"]
+
+
+def test_a_410_in_the_handshake_window_neither_prunes_the_connection_nor_loses_its_reply(api):
+    # GIVEN bob, whose $connect has just returned, but whom API Gateway does not take posts for yet
+    opened = []
+    broadcaster = make_broadcaster(api, sleep=lambda seconds: opened.append(api.open.add(bob.connection_id)))
+    alice = join(broadcaster, api)
+    bob = join(broadcaster, api)
+    api.open.discard(bob.connection_id)
+    # WHEN alice publishes THEN bob's 410 does not remove him: he is in his handshake window
+    say(broadcaster, alice, {"type": 1})
+    # AND bob's first ping is answered once API Gateway takes posts for him (tried again, with backoff)
+    assert say(broadcaster, bob, {"action": "ping"}) == 200
+    assert len(opened) == 1 and api.inbox[bob.connection_id][0]["action"] == "pong"
+    say(broadcaster, alice, {"type": 2})
+    assert [m["type"] for m in api.inbox[bob.connection_id][1:]] == [2]

@@ -131,3 +131,62 @@ def test_error_reply_format():
     assert json.loads(envelope.encode_error("invalid_json", "fix it")) == {
         "error": {"code": "invalid_json", "message": "fix it"}
     }
+
+
+def test_a_publication_leaves_room_for_its_offset_and_epoch():
+    data = "x" * (
+        envelope.MAX_MESSAGE_BYTES - envelope.POSITION_ROOM_BYTES - len('{"type":1,"data":"","received":5}')
+    )
+    fits = envelope.encode_publication(Publication(1, data, False), 5)
+    positioned = envelope.positioned(fits, f',"offset":{2**63 - 1},"epoch":"1796286598123456"}}')
+    assert len(positioned) <= envelope.MAX_MESSAGE_BYTES
+    assert json.loads(positioned)["offset"] == 2**63 - 1
+    with pytest.raises(InvalidMessage):
+        envelope.encode_publication(Publication(1, data + "x", False), 5)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(offset=st.integers(min_value=0, max_value=2**63 - 1), epoch=st.text(min_size=1, max_size=64))
+def test_a_well_formed_since_is_read_exactly(offset, epoch):
+    body = json.dumps({"action": "subscribe", "channel": "c", "since": {"offset": offset, "epoch": epoch}})
+    assert envelope.parse(body).since == envelope.Since(offset=offset, epoch=epoch)
+    resume = envelope.parse(json.dumps({"action": "resume", "since": {"epoch": epoch, "offset": offset}}))
+    assert resume == envelope.Resume(since=envelope.Since(offset=offset, epoch=epoch))
+
+
+@given(since=_JSON)
+def test_any_other_since_is_one_invalid_since_error(since):
+    well_formed = (
+        isinstance(since, dict)
+        and type(since.get("offset")) is int
+        and 0 <= since["offset"] < 2**63
+        and isinstance(since.get("epoch"), str)
+        and 0 < len(since["epoch"]) <= 64
+    )
+    for message in (
+        {"action": "subscribe", "channel": "c", "since": since},
+        {"action": "resume", "since": since},
+    ):
+        if well_formed:
+            envelope.parse(json.dumps(message))
+        else:
+            with pytest.raises(InvalidMessage) as caught:
+                envelope.parse(json.dumps(message))
+            assert caught.value.code == envelope.INVALID_SINCE
+
+
+def test_a_resume_without_since_and_a_presence_without_channel_are_refused():
+    with pytest.raises(InvalidMessage) as no_since:
+        envelope.parse('{"action": "resume"}')
+    assert no_since.value.code == envelope.INVALID_SINCE
+    with pytest.raises(InvalidMessage) as no_channel:
+        envelope.parse('{"action": "presence"}')
+    assert no_channel.value.code == envelope.INVALID_CHANNEL
