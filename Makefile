@@ -7,7 +7,7 @@ LOCALGW_ARGS ?=
 # The Chalice stage `make run` serves: dev (AUTH_MODE=none) or dev-jwt (tokens from `make token`).
 RUN_STAGE ?= dev
 
-.PHONY: test run lint bench token publish
+.PHONY: test run lint bench soak token publish
 
 ## make test: install everything the suite needs (venv, redis-server, wscat), then run the whole suite.
 test:
@@ -36,6 +36,13 @@ token:
 bench:
 	scripts/bootstrap test
 	$(PY) -m bench $(BENCH_ARGS)
+
+## make soak [connections=2000] [minutes=10]: N connections through localgw for that long (a fraction
+## works: minutes=0.5), a steady mix of publishes, subscribes and reconnects; checks every delivery,
+## memory and error lines at the end (bench/README.md); figures in bench/results/soak.json.
+soak:
+	scripts/bootstrap test
+	$(PY) -m bench.soak --connections $(or $(connections),2000) --minutes $(or $(minutes),10)
 
 ## make lint: ruff, as CI runs it.
 lint:

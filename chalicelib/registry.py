@@ -629,12 +629,15 @@ def redis_client(settings: Settings, session: Any = None) -> redis.Redis | Redis
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options)
     # A blocking pool: callers beyond its size wait for a free connection (at most the socket
-    # timeout) rather than fail with "Too many connections".
+    # timeout) rather than fail with "Too many connections". No health_check_interval: redis-py's
+    # check PINGs inside a new connection's handshake under a retry of its own, nested in the
+    # connect's retry, so a stalled Redis cost 9 timeouts (18 s) instead of 3; a connection reset
+    # while idle (a frozen container's, by a NAT gateway) is found at checkout and replaced anyway,
+    # and the check's monotonic clock does not advance while Lambda is frozen.
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=_POOL_SIZE,
         timeout=settings.redis_socket_timeout_seconds,
-        health_check_interval=30,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         **options,
     )

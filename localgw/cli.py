@@ -320,20 +320,27 @@ def main(argv: list[str] | None = None) -> int:
         stop = asyncio.Event()
         signals_seen = []
 
-        def on_signal(signum: int) -> None:
-            signals_seen.append(signum)
-            if len(signals_seen) > 1:
-                log.info("second signal: exiting now")
-                os._exit(130)
+        def begin_stopping(signum: int) -> None:
             log.info(f"{signal.Signals(signum).name}: closing {len(gateway.connections)} connection(s)")
             stop.set()
+
+        def on_signal(signum: int, _frame) -> None:
+            """The first signal asks the loop to stop; a second one ends the process at once, wherever
+            the shutdown is: the loop may be closed by then (the pollers and the runtime stop after
+            it), so the second is handled here, not on the loop."""
+            signals_seen.append(signum)
+            if len(signals_seen) > 1:
+                # Not through the Log: its lock may be held by the very line this signal interrupted.
+                os.write(sys.stdout.fileno(), b"localgw: second signal: exiting now\n")
+                os._exit(130)
+            loop.call_soon_threadsafe(begin_stopping, signum)
 
         # Not loop.add_signal_handler: it learns of a signal through the loop's self-pipe, which
         # thousands of handler completions (call_soon_threadsafe) can fill, and a signal whose
         # wakeup byte finds the pipe full is lost. A plain handler runs in the main thread however
         # busy the pipe is, and call_soon_threadsafe queues its callback even when it cannot write.
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda signum, _frame: loop.call_soon_threadsafe(on_signal, signum))
+            signal.signal(signum, on_signal)
 
         def ready() -> None:
             ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"

@@ -3,8 +3,9 @@
 ``POST /{stage}/@connections/{id}`` 200, ``GET`` 200 with the connection, ``DELETE`` 204; 410 for
 an id it does not know, 413 over 128 KB, 403 for a request not signed as API Gateway requires (for
 this server's region and host, dated within 5 minutes, with the session token issued: testing.sigv4).
-Tests open connections, read what each one received (waiting on a condition, never sleeping) and can
-make a connection answer 429 for its next few posts.
+Tests open connections, read what each one received (waiting on a condition, never sleeping), can
+make a connection answer 429 for its next few posts, or give the server a fault schedule (``Storm``:
+429 to a share of the posts for a while). Every post's arrival time and answer is kept (``post_log``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
@@ -20,6 +23,45 @@ from urllib.parse import unquote
 from testing import aws
 from testing.apigw import API_GATEWAY_MAX_MESSAGE_BYTES as MAX_POST_BYTES
 from testing.sigv4 import Expected, signature_problem
+
+# Given a post's connection id and which of that connection's posts it is (1, 2, ...), the status to
+# answer instead of delivering it (429, 503, ...), or None to serve it.
+FaultSchedule = Callable[[str, int], int | None]
+
+
+class Storm:
+    """A throttling storm: 429 to every ``every``-th post of each connection (the 1st, the 1+every-th,
+    ...; every=1: all of them), to the connections in ``only`` or to all, for ``seconds`` from the
+    first post it sees, on ``clock``: a fault schedule, so a test needs no real time to end it."""
+
+    def __init__(
+        self,
+        *,
+        seconds: float = 10.0,
+        every: int = 2,
+        only: frozenset[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.every = every
+        self.only = only
+        self.clock = clock
+        self._started: float | None = None
+
+    def __call__(self, connection_id: str, number: int) -> int | None:
+        now = self.clock()
+        if self._started is None:
+            self._started = now
+        raging = now - self._started < self.seconds
+        chosen = self.only is None or connection_id in self.only
+        return 429 if raging and chosen and (number - 1) % self.every == 0 else None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog is 5: a fan-out dials up to 64 connections at once, and a SYN
+    # the full backlog drops is sent again only after 1 s, which a short deadline cannot wait for.
+    request_queue_size = 256
 
 
 class ManagementApiServer:
@@ -44,14 +86,17 @@ class ManagementApiServer:
         self._received: dict[str, list[bytes]] = defaultdict(list)
         self._throttle: dict[str, int] = defaultdict(int)
         self._opening: dict[str, int] = {}
+        self.faults: FaultSchedule | None = None
+        self._post_numbers: dict[str, int] = defaultdict(int)
+        # (connection id, time.monotonic() at arrival, status answered) of every signed post.
+        self.post_log: list[tuple[str, float, int]] = []
         self.posts = 0
         self.tcp_connections = 0
         # How it ends a response: keep the connection ("keep-alive"), announce "close", close "silently"
         # (as a load balancer drops an idle connection), or send the body "chunked".
         self.response_style = "keep-alive"
         self._changed = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
@@ -133,14 +178,30 @@ class ManagementApiServer:
             if method == "DELETE":
                 del self._open[connection_id]
                 return 204, {}
-            if len(body) > MAX_POST_BYTES:
+            status = self._post_status(connection_id, body)
+            self.post_log.append((connection_id, time.monotonic(), status))
+            if status == 413:
                 return 413, {"message": "PayloadTooLargeException"}
-            if self._throttle[connection_id] > 0:
-                self._throttle[connection_id] -= 1
+            if status == 429:
                 return 429, {"message": "LimitExceededException"}
+            if status != 200:
+                return status, {"message": "InternalServerErrorException"}
             self._received[connection_id].append(body)
             self._changed.notify_all()
             return 200, {}
+
+    def _post_status(self, connection_id: str, body: bytes) -> int:
+        """What a post to an open connection is answered: the fault schedule's say first."""
+        self._post_numbers[connection_id] += 1
+        if len(body) > MAX_POST_BYTES:
+            return 413
+        fault = self.faults(connection_id, self._post_numbers[connection_id]) if self.faults else None
+        if fault is not None:
+            return fault
+        if self._throttle[connection_id] > 0:
+            self._throttle[connection_id] -= 1
+            return 429
+        return 200
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self

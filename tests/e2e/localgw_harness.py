@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import boto3
@@ -39,10 +42,14 @@ class GatewayProcess:
         tmp_path: Path,
         env: dict | None = None,
         command: list[str] | None = None,
+        ready_timeout: float = 30,
     ):
         """``project_dir=None``: this repository's app with ``make run``'s defaults; ``command``: run that.
 
         The gateway gets a session (process group) of its own, so ``stop`` reaches ``make`` and its child.
+        It never outlives the test that started it: a gateway that never became ready is killed at once;
+        one left running is killed when this process exits, whatever way (``stop`` not reached, an
+        uncaught error), and by the kernel when this process is killed (SIGKILL, for the direct child).
         """
         self.event_log = tmp_path / f"events-{id(self)}.jsonl"
         # The stage decides these (as `make run` does), not the test process's own defaults.
@@ -64,12 +71,18 @@ class GatewayProcess:
             text=True,
             bufsize=1,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+        weakref.finalize(self, _kill_group, self.proc)
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        ready = self.wait_for(r"serving \S+ at ws://127\.0\.0\.1:(\d+)/(\S+)", timeout=30)
+        try:
+            ready = self.wait_for(r"serving \S+ at ws://127\.0\.0\.1:(\d+)/(\S+)", timeout=ready_timeout)
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
         self.port = int(ready.group(1))
         self.stage = ready.group(2)
         self.url = f"ws://127.0.0.1:{self.port}/{self.stage}"
@@ -142,6 +155,23 @@ class GatewayProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             self._reader.join(5)
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGKILL when the test process dies."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """A finalizer: kill the gateway's process group if the gateway still runs."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run(coro, timeout: float = 30):

@@ -8,6 +8,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import redis
+
 from tests.support.tls import TlsFiles
 
 READY_LINE = "Ready to accept connections"
@@ -84,6 +86,16 @@ class RedisServer:
         self.process.wait(timeout=10)
         self.process = None
 
+    def kill(self) -> None:
+        """Die at once (SIGKILL), as a failed node does: nothing is flushed, no client is told."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def admin(self) -> redis.Redis:
+        """A client of the server itself, past any proxy, for the test's own checks."""
+        return redis.Redis(port=self.port, decode_responses=True)
+
     def _read_log(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
             with self._logged:
@@ -91,3 +103,22 @@ class RedisServer:
                 self._logged.notify_all()
         with self._logged:
             self._logged.notify_all()
+
+
+def start_replica(primary: RedisServer, workdir: Path) -> RedisServer:
+    """A replica of ``primary`` (``--replicaof``), returned once its first sync is done, as an
+    ElastiCache Multi-AZ replica."""
+    with primary.admin() as client:  # a diskless sync waits 5 s for more replicas by default
+        client.config_set("repl-diskless-sync-delay", 0)
+    replica = RedisServer(workdir, "--replicaof", "127.0.0.1", str(primary.port))
+    replica.start()
+    replica.wait_for_log("MASTER <-> REPLICA sync: Finished with success")
+    return replica
+
+
+def wait_until_replicated(primary: RedisServer, timeout_seconds: float = 10.0) -> None:
+    """Block until every replica has acknowledged every write made so far (WAIT: no polling)."""
+    with primary.admin() as client:
+        replicas = int(client.info("replication")["connected_slaves"])
+        acknowledged = client.wait(replicas, int(timeout_seconds * 1000))
+    assert replicas and acknowledged == replicas, f"{acknowledged} of {replicas} replicas caught up"
