@@ -145,8 +145,9 @@ local function append(history_key, position_key, payload, size, ttl, position_tt
   local _, epoch = position(history_key, position_key, position_ttl)
   local offset = redis.call('HINCRBY', position_key, 'o', 1)
   local suffix = ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-  redis.call('LPUSH', history_key, string.sub(payload, 1, -2) .. suffix)
-  redis.call('LTRIM', history_key, 0, size - 1)
+  if redis.call('LPUSH', history_key, string.sub(payload, 1, -2) .. suffix) > size then
+    redis.call('LTRIM', history_key, 0, size - 1)
+  end
   redis.call('EXPIRE', history_key, ttl)
   return suffix
 end
@@ -1045,7 +1046,7 @@ class ConnectionRegistry:
                     self._history.size if one_shard else 0,  # sharded, the stream script keeps history
                     self._history.ttl_seconds,
                     _POSITION_TTL_SECONDS,
-                    payload,
+                    payload if one_shard and self._history.size else b"",
                     since_offset,
                     since_epoch,
                 ],
