@@ -1,18 +1,22 @@
 """A WebSocket broadcast service: every message a client sends is published to all connected clients,
 or to a channel's members; a backend publishes the same way with ``POST /publish`` (AWS IAM).
 
-Five thin handlers (the fifth delivers queued broadcasts); the work is in ``chalicelib/``. The wiring
-(settings -> registry -> fan-out) is built on the first invocation and kept for the container's life:
-once per cold start.
+Five thin handlers (the fifth delivers queued broadcasts); the work is in ``chalicelib/``. Each
+invocation runs inside ``_invocation``: its log lines' keys, and its one CloudWatch metrics document.
+The wiring (settings -> registry -> fan-out) is built on the first invocation and kept for the
+container's life: once per cold start.
 """
 
+import contextlib
 import functools
 import os
+from collections.abc import Callable, Iterator
 
 import boto3
 from chalice import Chalice, IAMAuthorizer, Response
 from chalice.app import SQSEvent, WebsocketEvent
 
+from chalicelib import metrics
 from chalicelib.broadcast import Broadcaster
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.log import invocation_keys, request_id_of
@@ -25,31 +29,57 @@ app.websocket_api.session = boto3.session.Session()
 
 
 @functools.cache
-def broadcaster() -> Broadcaster:
+def configured() -> tuple[Settings, Broadcaster]:
     """Read the settings and build the service once; a bad setting raises on every call until fixed."""
-    return Broadcaster.from_settings(Settings.from_env(os.environ), app.websocket_api.session)
+    settings = Settings.from_env(os.environ)
+    return settings, Broadcaster.from_settings(settings, app.websocket_api.session)
+
+
+def broadcaster() -> Broadcaster:
+    return configured()[1]
+
+
+@contextlib.contextmanager
+def _invocation(context, *, connection_id: str, route: str) -> Iterator[None]:
+    """What every invocation has around it: its log lines' keys, and its one EMF metrics document
+    (written on the way out, whatever the outcome), as Powertools' logger and metrics decorators do."""
+    namespace = configured()[0].metrics_namespace
+    with (
+        invocation_keys(request_id=request_id_of(context), connection_id=connection_id, route=route),
+        metrics.recording(namespace, context.function_name),
+    ):
+        yield
+
+
+def _websocket(handler: Callable[[GatewayEvent, float], dict]) -> Callable[[WebsocketEvent], dict]:
+    """A WebSocket handler on the typed event and the seconds Lambda leaves it, inside its invocation."""
+
+    @functools.wraps(handler)
+    def on_event(event: WebsocketEvent) -> dict:
+        gateway_event = GatewayEvent.from_dict(event.to_dict())
+        context = event.context
+        with _invocation(context, connection_id=gateway_event.connection_id, route=gateway_event.route_key):
+            return handler(gateway_event, context.get_remaining_time_in_millis() / 1000)
+
+    return on_event
 
 
 @app.on_ws_connect()
-def connect(event: WebsocketEvent) -> dict:
-    gateway_event = GatewayEvent.from_dict(event.to_dict())
-    with _logged(event, gateway_event):
-        return broadcaster().connect(gateway_event)
+@_websocket
+def connect(event: GatewayEvent, remaining_seconds: float) -> dict:
+    return broadcaster().connect(event)
 
 
 @app.on_ws_message()
-def message(event: WebsocketEvent) -> dict:
-    gateway_event = GatewayEvent.from_dict(event.to_dict())
-    remaining_seconds = event.context.get_remaining_time_in_millis() / 1000
-    with _logged(event, gateway_event):
-        return broadcaster().publish(gateway_event, remaining_seconds)
+@_websocket
+def message(event: GatewayEvent, remaining_seconds: float) -> dict:
+    return broadcaster().publish(event, remaining_seconds)
 
 
 @app.on_ws_disconnect()
-def disconnect(event: WebsocketEvent) -> dict:
-    gateway_event = GatewayEvent.from_dict(event.to_dict())
-    with _logged(event, gateway_event):
-        return broadcaster().disconnect(gateway_event)
+@_websocket
+def disconnect(event: GatewayEvent, remaining_seconds: float) -> dict:
+    return broadcaster().disconnect(event)
 
 
 # One job an invocation: each is up to FANOUT_INLINE_MAX posts, so jobs run side by side in as many
@@ -58,25 +88,17 @@ def disconnect(event: WebsocketEvent) -> dict:
 def fanout_worker(event: SQSEvent) -> dict:
     """Delivers queued broadcasts' jobs; the jobs to retry are reported, so SQS retries only those."""
     context = event.context
-    with invocation_keys(request_id=request_id_of(context), connection_id="", route="fanout"):
+    with _invocation(context, connection_id="", route="fanout"):
         records = [(record.to_dict()["messageId"], record.body) for record in event]
         retry = broadcaster().deliver_jobs(records, context.get_remaining_time_in_millis() / 1000)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
-
-
-def _logged(event: WebsocketEvent, gateway_event: GatewayEvent):
-    return invocation_keys(
-        request_id=request_id_of(event.context),
-        connection_id=gateway_event.connection_id,
-        route=gateway_event.route_key,
-    )
 
 
 @app.route("/publish", methods=["POST"], authorizer=IAMAuthorizer(), content_types=["application/json"])
 def publish_from_backend() -> Response:
     """A backend publishes with a SigV4-signed request (``clients/python/publish.py``): the same envelope."""
     context = app.lambda_context
-    with invocation_keys(request_id=request_id_of(context), connection_id="", route="POST /publish"):
+    with _invocation(context, connection_id="", route="POST /publish"):
         remaining_seconds = context.get_remaining_time_in_millis() / 1000
         status, report = broadcaster().publish_from_backend(app.current_request.raw_body, remaining_seconds)
     return Response(body=report, status_code=status, headers={"Content-Type": "application/json"})

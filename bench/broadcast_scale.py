@@ -272,7 +272,7 @@ def queued_broadcast(
     try:
         stand_in.reset(population, BUDGET, BURST)
         os.environ.update(env)
-        app.broadcaster.cache_clear()
+        app.configured.cache_clear()
         sender = Connection(connection_id=connection_id(0), connected_at_ms=connected_at * 1000)
         event = sender.message_event(MESSAGE)
         published = time.time()
@@ -347,7 +347,7 @@ def inline_broadcast(
     stand_in.reset(population, budget, burst)
     os.environ.update(env)
     os.environ.pop("FANOUT_QUEUE_URL", None)
-    app.broadcaster.cache_clear()
+    app.configured.cache_clear()
     sender = Connection(connection_id=connection_id(0), connected_at_ms=connected_at * 1000)
     started = time.perf_counter()
     answer = app.message(

@@ -56,7 +56,7 @@ def run(tmp_dir) -> list[Figure]:
                     for name in ("AUTH_JWKS_URL", "AUTH_ISSUER", "AUTH_AUDIENCE"):
                         os.environ.pop(name, None)
                     os.environ.update(env)
-                    app.broadcaster.cache_clear()
+                    app.configured.cache_clear()
                     events = [
                         Connection().connect_event(headers=list(headers.items())) for _ in range(CONNECTS + 1)
                     ]
@@ -66,7 +66,7 @@ def run(tmp_dir) -> list[Figure]:
                         app.connect(event, LambdaContext())
                     if round_number:
                         samples[mode].append((process_cpu_seconds() - started) * 1000 / CONNECTS)
-            app.broadcaster.cache_clear()
+            app.configured.cache_clear()
     finally:
         os.environ.clear()
         os.environ.update(environment)

@@ -75,12 +75,12 @@ def publishing_app(tmp_dir, recipients: int, **env: str) -> Iterator[tuple[objec
         )
         import app
 
-        app.broadcaster.cache_clear()
+        app.configured.cache_clear()
         connections = [Connection() for _ in range(recipients + 1)]
         for connection in connections:
             app.connect(connection.connect_event(), LambdaContext())
         yield app, connections, endpoint
-        app.broadcaster.cache_clear()
+        app.configured.cache_clear()
     finally:
         os.environ.clear()
         os.environ.update(environment)

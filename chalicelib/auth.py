@@ -17,8 +17,8 @@ With tokens, what a connection may do with channels comes from the token's ``cha
 ``*`` (``*`` alone: every channel). A token without the claim may use no channel (broadcasts to
 every connection stay open to every valid token, as the reference has them).
 
-Refusals carry the HTTP status the client sees at the handshake: ``Unauthorized`` (401, no token or
-an invalid one), ``Forbidden`` (403, valid but not allowed), ``AuthUnavailable`` (503, the keys
+Refusals carry the HTTP status the client sees at the handshake: ``Unauthorized`` (401, an invalid
+token; ``MissingToken``, its subclass, when there is none), ``Forbidden`` (403, valid but not allowed), ``AuthUnavailable`` (503, the keys
 could not be fetched).
 """
 
@@ -53,6 +53,12 @@ class Refused(Exception):
 
 class Unauthorized(Refused):
     status = 401
+
+
+class MissingToken(Unauthorized):
+    """No token anywhere: told apart from an invalid one because a client that forgot its token and an
+    attacker guessing tokens call for different answers from the operator (the ``NoToken`` and
+    ``BadToken`` metrics)."""
 
 
 class Forbidden(Refused):
@@ -106,7 +112,7 @@ class Gatekeeper:
             return Admission(principal=None, subprotocol=subprotocol)
         token = _token(offered, headers, query)
         if not token:
-            raise Unauthorized(
+            raise MissingToken(
                 "a token is required: offer the subprotocols wsbroadcast and bearer.<token>, or send "
                 "Authorization: Bearer <token>, or add ?token=<token>"
             )

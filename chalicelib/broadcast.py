@@ -17,8 +17,16 @@ from typing import Any
 
 import boto3
 
-from chalicelib import envelope
-from chalicelib.auth import Gatekeeper, Refused, TokenVerifier
+from chalicelib import envelope, metrics
+from chalicelib.auth import (
+    AuthUnavailable,
+    Forbidden,
+    Gatekeeper,
+    MissingToken,
+    Refused,
+    TokenVerifier,
+    Unauthorized,
+)
 from chalicelib.fanout import NEVER_POSTED, DeliveryReport, Fanout, PostPacer
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.jobs import InvalidJob, Job, JobQueue
@@ -89,6 +97,15 @@ _REFUSAL_REPLIES = {
         "this connection is in as many channels as it may be; unsubscribe from one first",
     ),
 }
+# The metric a refusal by the registry counts (other refusals count none).
+_REFUSAL_METRICS = {RateLimited: metrics.RATE_LIMITED, OverCapacity: metrics.OVER_CAPACITY}
+# ConnectRefused's Reason for a refusal by the gatekeeper, by class (a subclass takes its base's).
+_HANDSHAKE_REASONS = {
+    MissingToken: metrics.NO_TOKEN,
+    Unauthorized: metrics.BAD_TOKEN,
+    Forbidden: metrics.ORIGIN,
+    AuthUnavailable: metrics.KEYS_UNAVAILABLE,
+}
 
 
 class Broadcaster:
@@ -153,19 +170,22 @@ class Broadcaster:
                 channels,
             )
         except Refused as refusal:
-            return _refuse_handshake(refusal.status, refusal.reason)
+            return _refuse_handshake(refusal.status, refusal.reason, _handshake_reason(refusal))
         except envelope.InvalidMessage as problem:
-            return _refuse_handshake(BAD_REQUEST, f"?channels=: {problem.message}")
+            return _refuse_handshake(BAD_REQUEST, f"?channels=: {problem.message}", metrics.BAD_REQUEST)
         except ChannelForbidden as refusal:
-            return _refuse_handshake(FORBIDDEN, f"your token does not allow the channel {refusal.channel}")
+            text = f"your token does not allow the channel {refusal.channel}"
+            return _refuse_handshake(FORBIDDEN, text, metrics.CHANNEL_FORBIDDEN)
         except TooManyChannels:
-            return _refuse_handshake(BAD_REQUEST, "?channels= names more channels than a connection may join")
+            text = "?channels= names more channels than a connection may join"
+            return _refuse_handshake(BAD_REQUEST, text, metrics.BAD_REQUEST)
         except InvalidConnectionId:
-            return _refuse_handshake(BAD_REQUEST, "not an API Gateway connection id")
+            return _refuse_handshake(BAD_REQUEST, "not an API Gateway connection id", metrics.BAD_REQUEST)
         except RegistryUnavailable:
             logger.exception("connect failed: registry unavailable")
-            return _refuse_handshake(UNAVAILABLE, _REGISTRY_DOWN_MESSAGE, logged=True)
+            return _refuse_handshake(UNAVAILABLE, _REGISTRY_DOWN_MESSAGE, metrics.REDIS_DOWN, logged=True)
         logger.info("connected", extra={"principal": admission.principal, "channels": list(channels)})
+        metrics.current().count(metrics.CONNECTED)
         if admission.subprotocol:
             return {"statusCode": OK, "headers": {"Sec-WebSocket-Protocol": admission.subprotocol}}
         return {"statusCode": OK}
@@ -180,6 +200,7 @@ class Broadcaster:
             logger.exception("disconnect failed: registry unavailable")
             return {"statusCode": UNAVAILABLE}
         logger.info("disconnected")
+        metrics.current().count(metrics.DISCONNECTED)
         return {"statusCode": OK}
 
     def publish(self, event: GatewayEvent, remaining_seconds: float) -> dict:
@@ -278,6 +299,7 @@ class Broadcaster:
                 break
             replayed += 1
         logger.info("replayed", extra={"messages": replayed, "missed": len(messages)})
+        metrics.current().count(metrics.REPLAYED, replayed)
 
     def _answer_invalid(
         self, replies: _Replies, event: GatewayEvent, problem: envelope.InvalidMessage
@@ -395,7 +417,10 @@ class Broadcaster:
                     "failed_jobs": failed,
                 },
             )
-        return publish_id if failed < len(jobs) else None
+        if failed == len(jobs):
+            return None
+        metrics.current().count(metrics.PUBLISHED)
+        return publish_id
 
     def _deliver_job(self, job: Job, deadline: float) -> bool:
         """Deliver one job; False when SQS must deliver it again."""
@@ -445,6 +470,8 @@ class Broadcaster:
             self._registry.forget([*report.gone, *snapshot.stale], job.channel)
         except RegistryUnavailable:
             logger.exception("could not forget gone connections; the next publish retries")
+        elapsed_ms = round((self._clock() - started) * 1000, 1)
+        _count_delivery(report, elapsed_ms)
         logger.info(
             "delivered",
             extra={
@@ -459,7 +486,7 @@ class Broadcaster:
                 "handed_on": len(rest) - sum(len(left.recipients) for left in not_handed_on),
                 "queued_again": sum(len(retry.recipients) for retry in again) if sent_again else 0,
                 "given_up": len(tried) - len(retried),
-                "elapsed_ms": round((self._clock() - started) * 1000, 1),
+                "elapsed_ms": elapsed_ms,
             },
         )
         if not sent_again:
@@ -473,6 +500,7 @@ class Broadcaster:
     def _send_jobs(self, jobs: list[Job], what: str) -> list[Job]:
         """Queue jobs; log each SQS refused and return those (empty: all queued)."""
         failed = self._job_queue.send(jobs)
+        metrics.current().count(metrics.QUEUED_JOBS, len(jobs) - len(failed))
         for _, reason in failed:
             logger.error(f"job not queued ({what})", extra={"reason": reason})
         return [job for job, _ in failed]
@@ -505,6 +533,9 @@ class Broadcaster:
             self._registry.forget([*gone, *snapshot.stale], channel)
         except RegistryUnavailable:
             logger.exception("could not forget gone connections; the next publish retries")
+        elapsed_ms = round((self._clock() - started) * 1000, 1)
+        metrics.current().count(metrics.PUBLISHED)
+        _count_delivery(report, elapsed_ms)
         logger.info(
             "published",
             extra={
@@ -514,7 +545,7 @@ class Broadcaster:
                 "gone": len(report.gone),
                 "failed": len(report.failed),
                 "stale": len(snapshot.stale),
-                "elapsed_ms": round((self._clock() - started) * 1000, 1),
+                "elapsed_ms": elapsed_ms,
             },
         )
         return report
@@ -550,6 +581,8 @@ def _status_of(problem: envelope.InvalidMessage) -> int:
 def _refusal_reply(refusal: Exception) -> tuple[str, int, str, int | None]:
     """Code, status, message and (for limits) milliseconds to wait, for a refusal by the registry; logged."""
     code, status, text = _REFUSAL_REPLIES[type(refusal)]
+    if type(refusal) in _REFUSAL_METRICS:
+        metrics.current().count(_REFUSAL_METRICS[type(refusal)])
     retry_after_ms = None
     if isinstance(refusal, RegistryUnavailable):
         logger.exception("message failed: registry unavailable")
@@ -583,8 +616,21 @@ def _recovery_fields(recovery: Recovery | None) -> dict:
     return {"position": (recovery.offset, recovery.epoch), "recovered": recovery.recovered}
 
 
-def _refuse_handshake(status: int, reason: str, *, logged: bool = False) -> dict:
-    """A refused $connect: API Gateway answers the handshake with this status. Logged once, never the token."""
+def _count_delivery(report: DeliveryReport, elapsed_ms: float) -> None:
+    """A fan-out's outcome as metrics, the same figures its log line has."""
+    metrics.current().delivery(
+        report.recipients, report.delivered, len(report.gone), len(report.failed), elapsed_ms
+    )
+
+
+def _handshake_reason(refusal: Refused) -> str:
+    return next(_HANDSHAKE_REASONS[kind] for kind in type(refusal).__mro__ if kind in _HANDSHAKE_REASONS)
+
+
+def _refuse_handshake(status: int, reason: str, metric_reason: str, *, logged: bool = False) -> dict:
+    """A refused $connect: API Gateway answers the handshake with this status. Logged once, never the
+    token; counted as ConnectRefused with ``metric_reason`` (one of chalicelib.metrics.REASONS)."""
+    metrics.current().refused(metric_reason)
     if not logged:
         logger.warning("connect refused", extra={"status": status, "reason": reason})
     return {"statusCode": status, "body": json.dumps({"message": reason})}

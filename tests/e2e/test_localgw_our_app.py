@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from tests.e2e.localgw_harness import GatewayProcess, Wscat, run
+from tests.support.emf import emf_documents
 
 pytestmark = pytest.mark.node
 
@@ -225,5 +226,30 @@ def test_a_broadcast_past_the_inline_max_goes_through_the_queue_and_the_worker(t
         finally:
             for client in clients:
                 client.close()
+    finally:
+        gw.stop()
+
+
+def test_make_run_with_app_logs_shows_each_invocations_metrics_document(tmp_path):
+    # GIVEN `make run LOCALGW_ARGS=--app-logs`
+    gw = GatewayProcess("--app-logs", project_dir=None, tmp_path=tmp_path)
+    try:
+
+        async def publish_to_one():
+            async with websockets.connect(gw.url) as sender, websockets.connect(gw.url) as listener:
+                await sender.send('{"type": 99, "data": "data to publish"}')
+                assert json.loads(await asyncio.wait_for(listener.recv(), 10))["type"] == 99
+
+        # WHEN a client publishes to another, and both leave
+        run(publish_to_one())
+        # THEN the terminal shows each function's one EMF document, as the function's log group would
+        gw.wait_for(r'"Disconnected":1', count=2)
+        documents = {}
+        for document in emf_documents(gw.output()):
+            documents.setdefault(document["FunctionName"], []).append(document)
+        assert [d["Connected"] for d in documents["ws-broadcast-dev-websocket_connect"]] == [1, 1]
+        (published,) = documents["ws-broadcast-dev-websocket_message"]
+        assert (published["Published"], published["Delivered"]) == (1, 1)
+        assert len(documents["ws-broadcast-dev-websocket_disconnect"]) == 2
     finally:
         gw.stop()

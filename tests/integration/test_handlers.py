@@ -128,7 +128,7 @@ def test_one_log_line_per_publish_with_counts_and_ids_on_every_line(gateway, man
 
 def test_a_missing_setting_fails_the_invocation_naming_the_variable(app_module, monkeypatch):
     monkeypatch.delenv("REDIS_URL")
-    app_module.broadcaster.cache_clear()
+    app_module.configured.cache_clear()
     with pytest.raises(SettingsError, match="REDIS_URL"):
         app_module.connect(Connection().connect_event(), LambdaContext())
 

@@ -14,6 +14,11 @@ from testing.apigw import Connection
 from testing.lambda_context import LambdaContext
 from testing.management_api import ManagementApiServer
 
+# The functions as Chalice deploys the handlers ({app}-{stage}-{name}): the FunctionName of their metrics.
+CONNECT_FUNCTION = "ws-broadcast-dev-websocket_connect"
+MESSAGE_FUNCTION = "ws-broadcast-dev-websocket_message"
+DISCONNECT_FUNCTION = "ws-broadcast-dev-websocket_disconnect"
+
 
 class GatewayDriver:
     def __init__(self, app_module, management_api: ManagementApiServer) -> None:
@@ -25,18 +30,20 @@ class GatewayDriver:
     ) -> tuple[Connection, dict]:
         connection = connection or Connection()
         event = connection.connect_event(headers=list((headers or {}).items()), query_string=query_string)
-        response = self.app.connect(event, LambdaContext())
+        response = self.app.connect(event, LambdaContext(CONNECT_FUNCTION))
         if 200 <= response["statusCode"] < 300:
             self.management_api.open(connection.connection_id)
         return connection, response
 
     def send(self, connection: Connection, message: dict | str, **event_options) -> dict:
         body = message if isinstance(message, str) else json.dumps(message)
-        return self.app.message(connection.message_event(body, **event_options), LambdaContext())
+        return self.app.message(
+            connection.message_event(body, **event_options), LambdaContext(MESSAGE_FUNCTION)
+        )
 
     def disconnect(self, connection: Connection) -> dict:
         self.management_api.close(connection.connection_id)
-        return self.app.disconnect(connection.disconnect_event(), LambdaContext())
+        return self.app.disconnect(connection.disconnect_event(), LambdaContext(DISCONNECT_FUNCTION))
 
 
 def app_on(monkeypatch, redis_url: str, management_api, **settings: str):
@@ -48,6 +55,6 @@ def app_on(monkeypatch, redis_url: str, management_api, **settings: str):
         monkeypatch.setenv(name, value)
     import app
 
-    app.broadcaster.cache_clear()
+    app.configured.cache_clear()
     yield app
-    app.broadcaster.cache_clear()
+    app.configured.cache_clear()

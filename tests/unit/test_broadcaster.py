@@ -10,13 +10,15 @@ import json
 import fakeredis
 import pytest
 
-from chalicelib.auth import Gatekeeper, Unauthorized
+from chalicelib import metrics
+from chalicelib.auth import AuthUnavailable, Gatekeeper, Unauthorized
 from chalicelib.broadcast import Broadcaster
 from chalicelib.fanout import Fanout
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.management_api import Gone
 from chalicelib.registry import ConnectionRegistry, Limits
 from testing.apigw import Connection, now_ms
+from tests.support.emf import emf_documents
 
 
 class InMemoryApi:
@@ -156,6 +158,34 @@ def test_the_backend_publish_reports_what_it_did(api):
     status, report = broadcaster.publish_from_backend(json.dumps({"type": 5, "channel": "orders"}), 10)
     assert (status, report) == (200, {"recipients": 2, "delivered": 1, "gone": 1, "failed": 0})
     assert api.inbox[bob.connection_id][0]["channel"] == "orders"
+
+
+def recorded(invocation) -> dict:
+    """The one EMF document ``invocation()`` records, as its handler would write it."""
+    lines: list[str] = []
+    with metrics.recording("WsBroadcast", "fn", lines.append):
+        invocation()
+    (document,) = emf_documents("".join(lines))
+    return document
+
+
+def test_the_backend_publish_is_counted_like_a_publish(api):
+    broadcaster = make_broadcaster(api)
+    join(broadcaster, api)
+    document = recorded(lambda: broadcaster.publish_from_backend(json.dumps({"type": 5}), 10))
+    assert (document["Published"], document["Recipients"], document["Delivered"]) == (1, 1, 1)
+
+
+class KeysOutage:
+    def verify(self, token: str) -> dict:
+        raise AuthUnavailable("the service cannot fetch its signing keys; retry shortly")
+
+
+def test_a_handshake_refused_for_want_of_keys_is_counted_keys_unavailable(api):
+    broadcaster = make_broadcaster(api, verifier=KeysOutage())
+    event = GatewayEvent.from_dict(Connection().connect_event(headers=[("Authorization", "Bearer t")]))
+    document = recorded(lambda: broadcaster.connect(event))
+    assert (document["Reason"], document["ConnectRefused"]) == (metrics.KEYS_UNAVAILABLE, 1)
 
 
 def test_limits_answer_once_then_stay_quiet(api):

@@ -19,7 +19,7 @@ from chalicelib.fanout import Fanout
 from chalicelib.jobs import Job, JobQueue
 from chalicelib.management_api import DeliveryError
 from chalicelib.registry import ConnectionRegistry, Limits, RegistryUnavailable
-from tests.unit.test_broadcaster import InMemoryApi, join, say
+from tests.unit.test_broadcaster import InMemoryApi, join, recorded, say
 
 INLINE_MAX = 5
 
@@ -275,3 +275,24 @@ def test_a_job_older_than_the_longest_connection_is_dropped(api, queue, json_log
     assert broadcaster.deliver_jobs([("m-old", old.to_body())], remaining_seconds=60) == []
     assert api.inbox == {}
     assert any(line["message"].startswith("job expired") for line in json_log())
+
+
+def test_a_queued_publish_counts_its_jobs_and_each_worker_invocation_its_delivery(api, queue):
+    # GIVEN 23 connections in 4 shards
+    broadcaster = queued_broadcaster(api, queue, shards=4)
+    sender, *_ = [join(broadcaster, api) for _ in range(23)]
+    # WHEN the sender publishes past the inline max
+    published = recorded(lambda: say(broadcaster, sender, {"type": 1}))
+    # THEN its invocation counts the publish and the jobs it queued, and delivered nothing itself
+    assert (published["Published"], published["QueuedJobs"]) == (1, len(queue.messages))
+    assert "Delivered" not in published
+    # AND each worker invocation counts what it delivered (and the jobs it handed on): 22 in all
+    delivered = queued = 0
+    while queue.messages:
+        message = queue.messages.pop(0)
+        document = recorded(lambda message=message: broadcaster.deliver_jobs([message], remaining_seconds=60))
+        delivered += document["Delivered"]
+        queued += document.get("QueuedJobs", 0)
+        assert document["Failed"] == document["Gone"] == 0
+    assert delivered == 22
+    assert queued > 0, "a shard of more than the inline max hands some on"
