@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, each figure beside its baseline, as a ratio.
 
-python -m bench [NAME ...]     (names: cpu, connect, redis, channels, history, backend, coldstart, metrics, fanout, scale; default: all)
+python -m bench [NAME ...]     (names: cpu, connect, redis, rtt, channels, history, backend, coldstart, metrics, fanout, scale; default: all)
 
 BENCH_SCALE_MILLION=1 adds the scale suite's broadcast to 1 000 000 (about 10 minutes).
 """
@@ -29,6 +29,7 @@ def main() -> None:
         history_costs,
         metrics_cost,
         redis_costs,
+        sharded_latency,
     )
 
     suites = {
@@ -36,6 +37,7 @@ def main() -> None:
         "cpu": cpu_per_recipient.run,
         "connect": connect_cpu.run,
         "redis": redis_costs.run,
+        "rtt": sharded_latency.run,
         "channels": channel_costs.run,
         "history": history_costs.run,
         "backend": backend_publish.run,

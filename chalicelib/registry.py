@@ -4,32 +4,41 @@ Data model, with one shard (the default) all keys under one cluster hash tag ``{
 so one script sees them all):
 
     {PREFIX}:connections   hash: connection id -> "connectedAt" or "connectedAt:principal key"
-    {PREFIX}:ch:<channel>  hash: member connection id -> "connectedAt" (one per channel)
-    {PREFIX}:conn:<id>     hash: "c:<channel>" -> 1 for each channel joined, and the token's channel
-                           patterns ("#s" subscribe, "#p" publish); expires with the connection
+    {PREFIX}:ch:<channel>  hash: member connection id -> "connectedAt" or "connectedAt:sub" (one per channel)
+    {PREFIX}:conn:<id>     hash: "c:<channel>" -> 1 for each channel joined, the token's channel patterns
+                           ("#s" subscribe, "#p" publish) and sub ("#u"); expires with the connection.
+                           After $disconnect: a tombstone ("#gone") for 60 s
     {PREFIX}:rate:<id>     hash: the sender's token bucket (tokens, at); expires once full again
+    {PREFIX}:user:<key>    hash: a user's bucket (PUBLISH_RATE_PER_USER)
     {PREFIX}:posts         hash: the whole API's post budget (tokens, at)
+    {PREFIX}:queued        hash: the queue's budget (queued broadcasts admitted, not yet delivered)
+    {PREFIX}:history[:<c>] list: a stream's last messages as delivered, newest first (with history)
+    {PREFIX}:position[:<c>] hash: a stream's latest offset and its epoch
 
 Every event is a single round trip (one script, or one command):
 
     connect      EVALSHA connect   (HSET + EXPIRE + prune a random sample of stale fields; the
                                     permissions; the ?channels= memberships)
-    disconnect   EVALSHA leave     (HDEL from the registry and from every channel joined)
-    publish      EVALSHA message   (re-assert the sender, take from its bucket and from the post
-                                    budget, HGETALL of the audience; or refuse and read nothing)
-    ping, subscribe, unsubscribe   EVALSHA message (the same script, another mode; no read)
+    disconnect   EVALSHA leave     (HDEL from the registry and from every channel joined; the tombstone)
+    publish      EVALSHA message   (the tombstone, re-assert the sender, take from its buckets and from
+                                    the post budget, the stream's offset and history, HGETALL of the
+                                    audience; or refuse and read nothing)
+    ping, subscribe (and its recovery), unsubscribe, resume, presence   EVALSHA message (another mode)
     afterwards   HDEL of the gone and stale ids, only when there are any
 
-With one shard, all keys share one slot, so a publish's limits and its audience are decided in one
-script. An audience larger than the inline max (queued fan-out) is counted, not read: the script
-answers ``Queued`` and the queue's workers read it, a shard at a time (``read_shard``).
+With one shard, all keys share one slot, so a publish's limits, history and audience are decided in one
+script. An audience larger than the inline max (queued fan-out) is counted, not read: the script admits
+it against the queue's budget and answers ``Queued``; the queue's workers read it, a shard at a time
+(``read_shard``), leasing their posts from the budget beyond the inline reserve (``lease_posts``).
 
 With ``shards`` > 1 (``REGISTRY_SHARDS``), a connection id's CRC-32 picks its shard ``k``, and every key
-about it (its entry, its channel memberships, its hash, its rate) has the tag ``{PREFIX:k}``: one slot
-per shard, so connect, disconnect, ping, subscribe and unsubscribe are still one script. The post
-budget stays at ``{PREFIX}:posts``. A publish is then: the sender's checks (the message script, mode
-``check``), the audience's size (HLEN of each shard's key, one pipeline), the budget (the budget
-script), the read (HGETALL of each shard with members, one pipeline).
+about it (its entry, its channel memberships, its hash, its rates) has the tag ``{PREFIX:k}``: one slot
+per shard, so connect, disconnect, ping, subscribe and unsubscribe are still one script. The budgets and
+the streams stay in ``{PREFIX}``. A publish is then two round trips, each of two requests side by side:
+the sender's checks (the message script, mode ``check``) with the audience's size (HLEN of each shard's
+key, one pipeline); then the admission (the budget script: the budget, the stream's append) with the
+read (HGETALL of each shard with members, one pipeline). A sharded recovery runs the recover script
+after the subscribe's.
 
 ``$disconnect`` is best effort, so an entry can outlive its connection. API Gateway closes every
 connection at 2 hours (``max_age_seconds``), so an entry (in the registry or in a channel) at least
@@ -38,28 +47,33 @@ connect, and with the whole key when nothing has joined it for ``max_age_seconds
 
 The principal key is an 8-byte BLAKE2b digest of the token's ``sub`` (11 characters): a Cognito
 ``sub`` is a 36-character UUID, which would make an entry 1.7 times a bare set's; the digest keeps it
-at 1.3 and still names the user for anything that acts per user (compute it from a ``sub``).
+at 1.3 and still names the user for anything that acts per user (compute it from a ``sub``). The raw
+``sub`` is kept only where presence needs it: the connection's hash and its memberships.
 
 Redis can lose its data (a cache node replaced without a replica, a failover that drops the last
 writes). Every message and ping a connection sends re-registers it if it is missing (HSETNX: an
 existing entry, and its principal, are left alone) and says so (``lost``), so a live connection is
 back in the registry within one keepalive period; its channels and permissions are gone with the
-data, which is why the reply tells the client to reconnect.
+data, which is why the reply tells the client to reconnect. Its streams get a new epoch.
 
-Both buckets grant when they hold ``min(cost, capacity)`` tokens and then take the whole cost: a
-publish to more recipients than the budget's one-second capacity still goes out, and leaves a debt
-that later publishes wait for, so the average stays at ``MAX_POSTS_PER_SECOND``.
+Every bucket runs on Redis's clock (TIME in the script). The buckets grant when they hold the cost or
+their threshold (a connection's: 1 token; the budget's: the inline reserve; the queue's: its backlog),
+whichever is less, and then take the whole cost: a publish larger than the threshold still goes out,
+and leaves a debt that later publishes wait for, so the average stays at the rate.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import re
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -386,8 +400,10 @@ return reply
 )
 
 
-# KEYS: the post budget, the queue's budget. ARGV: posts/s, count, mode, inline reserve, queue backlog,
-# a test's clock (ms; -1: the server's).
+# KEYS: the post budget, the queue's budget, the stream's history and position. ARGV: posts/s, count,
+# mode, inline reserve, queue backlog, a test's clock (ms; -1: the server's), history size, history TTL
+# (s), position TTL (s), the payload. A sharded publish's admission: the budget (none when off), then
+# the stream's append, in the unsharded slot; take and queue return {0, count, 0, suffix}.
 # take (a sharded inline publish): all of ``count`` once the bucket holds min(count, reserve or 1), perhaps
 # leaving a debt; else {2, wait ms, 1}. queue (a sharded queued publish): the same against the queue's
 # budget, which holds up to ``backlog`` posts. lease (a worker's chunk): min(count, what the bucket holds
@@ -395,6 +411,7 @@ return reply
 # trip per chunk, not one per token as the bucket refills).
 _BUDGET_SCRIPT = (
     _LEVEL_LUA
+    + _STREAM_LUA
     + """
 local now, budget, count, mode = now_ms(ARGV[6]), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local reserve, backlog = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -405,29 +422,32 @@ if mode == 'lease' then
   spend(KEYS[1], tokens, granted, budget, budget, now)
   return {0, granted, 0}
 end
-local key, capacity, need = KEYS[1], budget, math.min(count, math.max(reserve, 1))
-if mode == 'queue' then key, capacity, need = KEYS[2], backlog, math.min(count, backlog) end
-local tokens = level(key, budget, capacity, now)
-if tokens < need then return {2, wait_for(tokens, need, budget), 1} end
-spend(key, tokens, count, budget, capacity, now)
-return {0, count, 0}
+if budget > 0 then
+  local key, capacity, need = KEYS[1], budget, math.min(count, math.max(reserve, 1))
+  if mode == 'queue' then key, capacity, need = KEYS[2], backlog, math.min(count, backlog) end
+  local tokens = level(key, budget, capacity, now)
+  if tokens < need then return {2, wait_for(tokens, need, budget), 1} end
+  spend(key, tokens, count, budget, capacity, now)
+end
+local suffix = ''
+if tonumber(ARGV[7]) > 0 then suffix = append(KEYS[3], KEYS[4], ARGV[10], tonumber(ARGV[7]), ARGV[8], ARGV[9]) end
+return {0, count, 0, suffix}
 """
 )
 
 
-# KEYS: a stream's history and position, the post budget. ARGV: mode (append, recover), history size,
-# history TTL (s), position TTL (s), then the payload (append) or the since offset and epoch (recover),
-# posts/s, a test's clock (ms; -1: the server's). With shards, a stream lives in the unsharded slot
-# ``{PREFIX}`` beside the post budget, and this script keeps it: one round trip more than one shard's.
-_STREAM_SCRIPT = (
+# KEYS: a stream's history and position, the post budget. ARGV: position TTL (s), the since offset and
+# epoch, posts/s, a test's clock (ms; -1: the server's). With shards, a stream lives in the unsharded slot
+# ``{PREFIX}`` beside the post budget: a sharded subscribe or resume recovers with this script, one round
+# trip after the sender's own.
+_RECOVER_SCRIPT = (
     _LEVEL_LUA
     + _STREAM_LUA
     + """
-if ARGV[1] == 'append' then return {append(KEYS[1], KEYS[2], ARGV[5], tonumber(ARGV[2]), ARGV[3], ARGV[4])} end
-local reply = recover(KEYS[1], KEYS[2], tonumber(ARGV[5]), ARGV[6], ARGV[4])
-local budget = tonumber(ARGV[7])
+local reply = recover(KEYS[1], KEYS[2], tonumber(ARGV[2]), ARGV[3], ARGV[1])
+local budget = tonumber(ARGV[4])
 if #reply > 3 and budget > 0 then
-  local now = now_ms(ARGV[8])
+  local now = now_ms(ARGV[5])
   spend(KEYS[3], level(KEYS[3], budget, budget, now), #reply - 3, budget, budget, now)
 end
 return reply
@@ -681,7 +701,7 @@ class ConnectionRegistry:
         self._leave = client.register_script(_LEAVE_SCRIPT)
         self._message = client.register_script(_MESSAGE_SCRIPT)
         self._budget = client.register_script(_BUDGET_SCRIPT)
-        self._stream = client.register_script(_STREAM_SCRIPT)
+        self._recover = client.register_script(_RECOVER_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> ConnectionRegistry:
@@ -797,8 +817,11 @@ class ConnectionRegistry:
                 "publish", sender, connected_at_ms, channel=channel, echo=include_sender, payload=payload
             )
             return self._one_shard_publish(reply)
-        lost = self._run_message("check", sender, connected_at_ms, channel=channel)[1] == 1
-        return self._sharded_publish(channel, payload, lost=lost)
+
+        def sender_checks() -> bool:
+            return self._run_message("check", sender, connected_at_ms, channel=channel)[1] == 1
+
+        return self._sharded_publish(channel, payload, sender_checks)
 
     def begin_backend_publish(self, channel: str | None = None, payload: bytes = b"{}") -> Snapshot | Queued:
         """A publish with no sender (``POST /publish``): the post budget, history, then the audience."""
@@ -806,7 +829,7 @@ class ConnectionRegistry:
             return self._one_shard_publish(
                 self._run_message("publish", "", 0, channel=channel, echo=True, payload=payload)
             )
-        return self._sharded_publish(channel, payload, lost=False)
+        return self._sharded_publish(channel, payload, None)
 
     def touch(self, sender: str, connected_at_ms: int) -> bool:
         """A keepalive: re-register the sender if Redis lost it (then True), counting against its rate."""
@@ -855,7 +878,7 @@ class ConnectionRegistry:
             return Joined(lost=lost)
         if self._shards > 1:
             with _unavailable_on_error():
-                reply = [0, 0, *self._run_stream("recover", channel, *(since or (-1, "")))]
+                reply = [0, 0, *self._run_recover(channel, since or (-1, ""))]
         recovered, offset, epoch, *replay = reply[2:]
         return Joined(
             lost=lost,
@@ -930,55 +953,85 @@ class ConnectionRegistry:
             return Queued(sizes={0: int(reply[2])}, lost=lost, suffix=reply[3])
         return self._snapshot(zip(reply[3::2], reply[4::2], strict=True), lost=lost, suffix=reply[2])
 
-    def _sharded_publish(self, channel: str | None, payload: bytes, *, lost: bool) -> Snapshot | Queued:
-        """The audience's size, one HLEN per shard in one pipeline; then either the queue's budget and
-        ``Queued``, or the post budget and the read of every shard that has members, in one pipeline;
-        with history, the stream's append in between."""
+    def _sharded_publish(
+        self, channel: str | None, payload: bytes, sender_checks: Callable[[], bool] | None
+    ) -> Snapshot | Queued:
+        """Two round trips, each of two requests side by side in different slots: the sender's checks
+        (``sender_checks``: its script in its shard; None for a backend publish) with the audience's size
+        (one HLEN per shard, one pipeline); then the admission (the budget and the stream's append, one
+        script in the unsharded slot) with the read of every shard that has members (one pipeline),
+        unless the publish is queued. A refused sender reads nothing; a publish the budget refuses has
+        read its audience for nothing (at most the inline max)."""
+        sizes_of = functools.partial(self._sizes, channel)
+        lost, sizes = self._side_by_side(sender_checks, sizes_of) if sender_checks else (False, sizes_of())
+        cost = sum(sizes.values())  # the sender counts, echo or not: one post at most
+        queued = bool(self._inline_max) and cost > self._inline_max
+
+        def admit() -> list:
+            if self._limits.max_posts_per_second <= 0 and not self._history.size:
+                return [_GRANTED, cost, 0, ""]
+            with _unavailable_on_error():
+                reply = self._run_budget(
+                    cost, "queue" if queued else "take", channel=channel, payload=payload
+                )
+            self._raise_refusal(reply)
+            return reply
+
+        if queued:
+            return Queued(sizes=sizes, lost=lost, suffix=admit()[3])
+        reply, entries = self._side_by_side(admit, functools.partial(self._read, channel, sizes))
+        return self._snapshot(entries, lost=lost, suffix=reply[3])
+
+    def _sizes(self, channel: str | None) -> dict[int, int]:
+        """The audience's size in each shard that has members, in one pipeline."""
         with _unavailable_on_error():
             pipeline = self._client.pipeline(transaction=False)
             for shard in range(self._shards):
                 pipeline.hlen(self._audience_key(channel, shard))
-            sizes = {shard: size for shard, size in enumerate(pipeline.execute()) if size}
-        cost = sum(sizes.values())  # the sender counts, echo or not: one post at most
-        queued = bool(self._inline_max) and cost > self._inline_max
-        if self._limits.max_posts_per_second > 0 and cost:
-            with _unavailable_on_error():
-                reply = self._run_budget(cost, "queue" if queued else "take")
-            self._raise_refusal(reply)
-        suffix = ""
-        if self._history.size:
-            with _unavailable_on_error():
-                (suffix,) = self._run_stream("append", channel, payload)
-        if queued:
-            return Queued(sizes=sizes, lost=lost, suffix=suffix)
+            return {shard: size for shard, size in enumerate(pipeline.execute()) if size}
+
+    def _read(self, channel: str | None, sizes: dict[int, int]) -> list[tuple[str, str]]:
+        """The audience's entries in the shards that have members, in one pipeline."""
+        if not sizes:
+            return []
         with _unavailable_on_error():
             pipeline = self._client.pipeline(transaction=False)
             for shard in sizes:
                 pipeline.hgetall(self._audience_key(channel, shard))
-            entries = [entry for shard_entries in pipeline.execute() for entry in shard_entries.items()]
-        return self._snapshot(entries, lost=lost, suffix=suffix)
+            return [entry for shard_entries in pipeline.execute() for entry in shard_entries.items()]
 
-    def _run_stream(self, mode: str, channel: str | None, *args: Any) -> list:
-        """The stream script (sharded registries): ``append`` (payload) or ``recover`` (since offset, epoch)."""
-        history = self._history
-        return self._stream(
+    def _side_by_side(self, here: Callable[[], Any], there: Callable[[], Any]) -> tuple[Any, Any]:
+        """Two requests to different slots at once: one round trip's wait, not two. ``there`` runs on the
+        registry's own thread; when either raises, both have finished first (``here``'s error wins)."""
+        future = self._other_slot.submit(there)
+        try:
+            mine = here()
+        finally:
+            futures.wait([future])
+        return mine, future.result()
+
+    @functools.cached_property
+    def _other_slot(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+
+    def _run_recover(self, channel: str | None, since: tuple[int, str]) -> list:
+        """A sharded subscribe's or resume's recovery, in the stream's (unsharded) slot."""
+        return self._recover(
             keys=[self._history_key(channel), self._position_key(channel), self._posts_key()],
-            args=[
-                mode,
-                history.size,
-                history.ttl_seconds,
-                _POSITION_TTL_SECONDS,
-                *args,
-                *([] if mode == "append" else [self._limits.max_posts_per_second, self._bucket_now_ms()]),
-            ],
+            args=[_POSITION_TTL_SECONDS, *since, self._limits.max_posts_per_second, self._bucket_now_ms()],
         )
 
-    def _run_budget(self, count: int, mode: str) -> list:
-        """The budgets' script: ``take`` (an inline publish's cost), ``queue`` (a queued one's) or
-        ``lease`` (a worker's chunk)."""
-        limits = self._limits
+    def _run_budget(self, count: int, mode: str, *, channel: str | None = None, payload: bytes = b"") -> list:
+        """The budgets' script: ``take`` (an inline publish's cost), ``queue`` (a queued one's), each with
+        the stream's append, or ``lease`` (a worker's chunk)."""
+        limits, history = self._limits, self._history
         return self._budget(
-            keys=[self._posts_key(), self._queue_budget_key()],
+            keys=[
+                self._posts_key(),
+                self._queue_budget_key(),
+                self._history_key(channel),
+                self._position_key(channel),
+            ],
             args=[
                 limits.max_posts_per_second,
                 count,
@@ -986,6 +1039,10 @@ class ConnectionRegistry:
                 limits.inline_reserve,
                 limits.queue_backlog,
                 self._bucket_now_ms(),
+                history.size if mode != "lease" else 0,
+                history.ttl_seconds,
+                _POSITION_TTL_SECONDS,
+                payload,
             ],
         )
 

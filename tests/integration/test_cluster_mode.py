@@ -80,3 +80,34 @@ def test_a_sharded_registry_spreads_over_slots_and_works_through_the_cluster_cli
     client = redis.Redis(port=cluster_node.port, decode_responses=True)
     assert len({client.cluster("keyslot", key) for key in registry.registry_keys()}) == 4
     client.close()
+
+
+def test_a_sharded_publish_on_a_cluster_is_two_round_trips_with_history(cluster_node):
+    from tests.support.command_log import CommandLog
+
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": cluster_node.url,
+            "AWS_REGION": "us-east-1",
+            "REDIS_CLUSTER": "true",
+            "AUTH_MODE": "none",
+            "REGISTRY_SHARDS": "4",
+        }
+    )
+    registry = ConnectionRegistry.from_settings(settings)
+    ids = [f"{letter * 15}=" for letter in "ABCDEFGH"]
+    now_ms = int(time.time() * 1000)
+    for connection_id in ids:
+        registry.add(connection_id, now_ms)
+    registry.begin_publish(ids[0], now_ms, include_sender=True, payload=b'{"type":1}')  # loads the scripts
+    log = CommandLog(cluster_node)
+    try:
+        log.commands_until_now()
+        snapshot = registry.begin_publish(ids[0], now_ms, include_sender=True, payload=b'{"type":2}')
+        commands = log.commands_until_now()
+    finally:
+        log.close()
+    # the sender's script beside the sizes; then the admission (budget, offset) beside the read
+    assert sorted(commands[:5]) == ["EVALSHA", *["HLEN"] * 4]
+    assert sorted(commands[5:]) == ["EVALSHA", *["HGETALL"] * 4]
+    assert sorted(snapshot.live) == sorted(ids) and '"offset":2' in snapshot.suffix
