@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import boto3
 import pytest
 from playwright.sync_api import expect, sync_playwright
 from websockets.sync.client import connect
+from ws_broadcast_client import PublishError, publish_from_backend
 
 from tests.e2e.localgw_harness import REPO, GatewayProcess
 
@@ -90,18 +90,17 @@ def test_the_page_subscribes_and_is_acknowledged(gateway, browser):
 
 def test_a_backend_publish_through_the_gateway_reaches_a_channel(gateway):
     # (the sync client: Playwright's sync API holds this thread's event loop while the browser is up)
-    sys.path.insert(0, str(REPO / "clients" / "python"))
-    from publish import PublishError, publish
-
     url = f"http://127.0.0.1:{gateway.port}/publish"
     session = boto3.session.Session(region_name="us-east-1")
     with connect(f"{gateway.url}?channels=orders", open_timeout=10) as member:
-        report = publish(url, {"type": 7, "data": {"order": 42}, "channel": "orders"}, session=session)
+        report = publish_from_backend(
+            url, {"type": 7, "data": {"order": 42}, "channel": "orders"}, session=session
+        )
         assert report == {"recipients": 1, "delivered": 1, "gone": 0, "failed": 0}
         message = json.loads(member.recv(timeout=10))
         assert message["channel"] == "orders" and message["data"] == {"order": 42}
     with pytest.raises(PublishError) as refused:
-        publish(url, {"data": 1}, session=session)
+        publish_from_backend(url, {"data": 1}, session=session)
     assert (refused.value.status, refused.value.error["code"]) == (400, "missing_type")
 
 
