@@ -1,0 +1,152 @@
+"""The Python client (clients/python) against this repository's app behind the local gateway: it comes
+back by itself after the gateway closes it, after a proxy drops the TCP flow without a close frame,
+and after its token expired, and is subscribed again each time. (Recovery through history is tested
+against a scripted service in clients/python/tests until the service keeps history.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from websockets.asyncio.client import connect
+from ws_broadcast_client import AuthenticationFailed, Backoff, Client
+
+from tests.e2e.localgw_harness import GatewayProcess, run
+from tests.e2e.test_auth_handshake import jwt_env
+from tests.support.identity_provider import IdentityProvider
+from tests.support.tcp_proxy import RstProxy
+
+QUICK = Backoff(first=0.05, cap=0.2)
+EVERY_CHANNEL = {"subscribe": ["*"], "publish": ["*"]}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    gw = GatewayProcess("--app-logs", project_dir=None, tmp_path=tmp_path_factory.mktemp("pyclient"))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def idp():
+    with IdentityProvider() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(idp, tmp_path_factory):
+    env = jwt_env(idp.jwks_url)
+    gw = GatewayProcess("--app-logs", project_dir=None, tmp_path=tmp_path_factory.mktemp("pyjwt"), env=env)
+    yield gw
+    gw.stop()
+
+
+def connection_id(gw: GatewayProcess, after: int) -> str:
+    """The id of the next connection the gateway reports open after ``after``."""
+    return gw.wait_for(r"connected\s+(\S+) from", after=after).group(1)
+
+
+def subscribed(gw: GatewayProcess, channel: str, after: int, count: int = 1) -> None:
+    gw.wait_for(rf'"message": "subscribed".*"channel": "{channel}"', after=after, count=count)
+
+
+async def published(client: Client, url: str, channel: str, data, headers: dict | None = None):
+    """Publish ``data`` to ``channel`` from another connection; what ``client`` receives next. The
+    sender stays connected until then: the service refuses a publish whose sender has gone."""
+    async with connect(url, open_timeout=10, additional_headers=headers) as sender:
+        await sender.send(json.dumps({"type": 5, "channel": channel, "data": data}))
+        return await asyncio.wait_for(client.__anext__(), 10)
+
+
+async def next_message(client: Client, timeout: float = 10):
+    return await asyncio.wait_for(client.__anext__(), timeout)
+
+
+def test_after_the_gateway_closes_it_the_client_reconnects_and_is_in_its_channel_again(gateway):
+    async def scenario():
+        mark = gateway.mark()
+        async with Client(gateway.url, backoff=QUICK) as client:
+            await client.subscribe("room-py")
+            first = await asyncio.to_thread(connection_id, gateway, mark)
+            # WHEN the service closes the connection (the Management API's DELETE, as on AWS)
+            again = gateway.mark()
+            await asyncio.to_thread(gateway.management_client().delete_connection, ConnectionId=first)
+            # THEN the client opens another and joins room-py again, by itself
+            assert await asyncio.to_thread(connection_id, gateway, again) != first
+            await asyncio.to_thread(subscribed, gateway, "room-py", again)
+            message = await published(client, gateway.url, "room-py", "after the close")
+            assert (message.channel, message.data) == ("room-py", "after the close")
+            assert client.reconnects == 1
+
+    run(scenario())
+
+
+def test_a_flow_dropped_with_an_rst_and_no_close_frame_is_reopened_and_resubscribed(gateway):
+    async def scenario():
+        async with RstProxy(gateway.port) as proxy:
+            url = f"ws://127.0.0.1:{proxy.port}/{gateway.stage}"
+            mark = gateway.mark()
+            async with Client(url, backoff=QUICK) as client:
+                await client.subscribe("room-rst")
+                proxy.cut()
+                await asyncio.to_thread(subscribed, gateway, "room-rst", mark, 2)
+                assert proxy.accepted == 2
+                message = await published(client, gateway.url, "room-rst", "after the reset")
+                assert (message.channel, message.data) == ("room-rst", "after the reset")
+
+    run(scenario())
+
+
+def test_an_expired_token_at_reconnect_is_asked_for_again_and_the_fresh_one_is_used(jwt_gateway, idp):
+    asked = []
+
+    def token():
+        # the first connection's token is good; at the reconnect it has expired, the next is fresh
+        asked.append(len(asked))
+        expired = {"exp": 1} if len(asked) == 2 else {}
+        return idp.rsa.token(channels=EVERY_CHANNEL, **expired)
+
+    async def scenario():
+        mark = jwt_gateway.mark()
+        async with Client(jwt_gateway.url, token=token, backoff=QUICK) as client:
+            await client.subscribe("room-jwt")
+            first = await asyncio.to_thread(connection_id, jwt_gateway, mark)
+            again = jwt_gateway.mark()
+            await asyncio.to_thread(jwt_gateway.management_client().delete_connection, ConnectionId=first)
+            await asyncio.to_thread(subscribed, jwt_gateway, "room-jwt", again)
+            assert len(asked) == 3, "once per connection, and once more after the 401"
+            headers = {"Authorization": f"Bearer {idp.rsa.token(channels=EVERY_CHANNEL)}"}
+            assert (await published(client, jwt_gateway.url, "room-jwt", "fresh", headers)).data == "fresh"
+
+    run(scenario())
+    jwt_gateway.wait_for(r"\$connect.*401")
+
+
+def test_a_token_still_refused_when_asked_again_ends_the_client_with_authentication_failed(jwt_gateway, idp):
+    asked = []
+
+    def token():
+        asked.append(len(asked))
+        return idp.rsa.token(channels=EVERY_CHANNEL) if len(asked) == 1 else "revoked"
+
+    async def scenario():
+        mark = jwt_gateway.mark()
+        async with Client(jwt_gateway.url, token=token, backoff=QUICK) as client:
+            first = await asyncio.to_thread(connection_id, jwt_gateway, mark)
+            await asyncio.to_thread(jwt_gateway.management_client().delete_connection, ConnectionId=first)
+            with pytest.raises(AuthenticationFailed) as failed:
+                await next_message(client)
+            assert failed.value.status == 401
+            assert len(asked) == 3, "asked again once, not retried forever"
+
+    run(scenario())
+
+
+def test_the_first_handshake_refused_raises_at_once(jwt_gateway):
+    async def scenario():
+        with pytest.raises(AuthenticationFailed):
+            async with Client(jwt_gateway.url, token="not-a-token"):
+                pass
+
+    run(scenario())
