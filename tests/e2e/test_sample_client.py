@@ -137,3 +137,67 @@ def test_make_publish_reaches_a_connected_client(gateway):
         )
         assert json.loads(made.stdout)["delivered"] >= 1
         assert json.loads(listener.recv(timeout=10))["data"] == "via make"
+
+
+def connection_of_next_open(gateway, after: int) -> str:
+    return gateway.wait_for(r"connected\s+(\S+) from", after=after).group(1)
+
+
+@pytest.mark.browser
+def test_the_page_reconnects_after_a_forced_close_and_is_in_its_channel_again(gateway, browser):
+    # GIVEN a page in room-9, through the module (ws-broadcast.js) the page imports
+    mark = gateway.mark()
+    page = open_page(browser, gateway, channels="room-9")
+    expect(page.locator("#log li.ack").first).to_contain_text('{"action":"subscribed","channel":"room-9"}')
+    first = connection_of_next_open(gateway, mark)
+    # WHEN the service closes its connection (the Management API's DELETE, as on AWS)
+    gateway.management_client().delete_connection(ConnectionId=first)
+    # THEN the page says so, reconnects by itself and joins room-9 again
+    expect(page.locator("#log li.reconnect").first).to_contain_text("reconnected (1)")
+    expect(page.locator("#status")).to_have_text("open")
+    gateway.wait_for(r'"message": "subscribed".*"channel": "room-9"', after=mark, count=2)
+    # AND a message to room-9 reaches it on the new connection
+    with connect(gateway.url, open_timeout=10) as sender:
+        sender.send(json.dumps({"type": 4, "channel": "room-9", "data": "after the close"}))
+        expect(page.locator("#log li.message").first).to_contain_text("after the close")
+
+
+@pytest.mark.browser
+def test_the_module_alone_resubscribes_after_a_forced_close(gateway, browser):
+    # GIVEN the module imported by a script of its own (no page code), in room-10
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{gateway.port}/")
+    mark = gateway.mark()
+    page.evaluate(
+        """async (url) => {
+            const { WsBroadcast } = await import("/ws-broadcast.js");
+            const client = new WsBroadcast(url, { backoff: { first: 50, cap: 200 } });
+            window.received = [];
+            window.opens = [];
+            client.addEventListener("message", (event) => window.received.push(event.detail));
+            client.addEventListener("open", (event) => window.opens.push(event.detail.reconnects));
+            await client.connect();
+            await client.subscribe("room-10");
+        }""",
+        gateway.url,
+    )
+    first = connection_of_next_open(gateway, mark)
+    gateway.management_client().delete_connection(ConnectionId=first)
+    gateway.wait_for(r'"message": "subscribed".*"channel": "room-10"', after=mark, count=2)
+    with connect(gateway.url, open_timeout=10) as sender:
+        sender.send(json.dumps({"type": 4, "channel": "room-10", "data": {"n": 1}}))
+        page.wait_for_function("window.received.length === 1", timeout=10_000)
+    assert page.evaluate("window.opens") == [0, 1]
+    message = page.evaluate("window.received[0]")
+    assert (message["channel"], message["data"], message["offset"]) == ("room-10", {"n": 1}, None)
+
+
+def test_the_page_and_its_module_are_served_and_nothing_else_of_the_folder(gateway):
+    import urllib.error
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/ws-broadcast.js", timeout=10) as module:
+        assert "javascript" in module.headers["Content-Type"]
+        assert b"export class WsBroadcast" in module.read()
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/ws-broadcast.d.ts", timeout=10)

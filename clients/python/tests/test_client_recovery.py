@@ -132,19 +132,20 @@ def test_a_refused_subscribe_raises_the_services_code_and_message():
 def test_a_rate_limited_publish_waits_as_told_and_is_sent_again_with_retry():
     async def scenario():
         async with ScriptedService() as service, Client(service.url, backoff=QUICK) as client:
+            await client.subscribe("c")
             limited = {"code": "rate_limited", "message": "slow down", "retryAfterMs": 200}
             service.refusals["publish"].append(limited)
             with pytest.raises(RateLimited) as refused:
-                await client.publish("a", type=1)
+                await client.publish("a", type=1, channel="c")
             assert refused.value.retry_after == pytest.approx(0.2)
             # while the wait runs, a publish without retry is refused at once, unsent
             with pytest.raises(RateLimited):
-                await client.publish("b", type=1)
+                await client.publish("b", type=1, channel="c")
             assert len(service.requests("publish")) == 1
             service.refusals["publish"].append(limited)
             loop = asyncio.get_running_loop()
             started = loop.time()
-            await client.publish("c", type=1, retry=True)
+            await client.publish("c", type=1, channel="c", retry=True)
             assert loop.time() - started >= 0.2, "honoured retryAfterMs before sending again"
             assert [r["data"] for r in service.requests("publish")] == ["a", "c", "c"]
 

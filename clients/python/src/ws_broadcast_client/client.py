@@ -7,10 +7,11 @@ timers and the requests in flight.
 Requests in flight. The service answers a subscribe with an ack that names its channel, a publish
 with nothing, and any refusal with an error reply that names no request. So a refusal is given to the
 oldest request still waiting for an answer. A publish to a stream this client is in (everyone, or a
-channel it joined) is sent with ``echo: true`` whatever ``echo`` says: its echo confirms it and tells
-the client its offset, which it would otherwise see as a hole in the stream; the echo is yielded only
-when the caller asked for ``echo=True``. A publish to another channel is sent as asked and confirmed
-by nothing.
+channel it joined) and that carries offsets is sent with ``echo: true`` whatever ``echo`` says: its
+echo confirms it and tells the client its offset, which it would otherwise see as a hole in the
+stream; the echo is yielded only when the caller asked for ``echo=True``. Any other publish is sent
+as asked and confirmed by nothing (a refusal of it is logged, and a ``retryAfterMs`` in it still
+holds back the next publishes).
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ class Client:
         without ``retry`` raises at once, unsent (the service would drop it without a reply).
         """
         loop = asyncio.get_running_loop()
-        confirmed = channel is None or self._channels.get(channel, False)
+        # Only a stream with offsets would show the caller's own message as a hole.
+        joined = channel is None or self._channels.get(channel, False)
+        confirmed = joined and self._order.point(channel) is not None
         echo_of = (channel, type, _canonical(data)) if confirmed else None
         while True:
             wait = self._limit.until - loop.time()
