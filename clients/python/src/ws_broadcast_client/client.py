@@ -176,9 +176,9 @@ class Client:
         echo_of = (channel, type, _canonical(data)) if confirmed else None
         while True:
             wait = self._limit.until - loop.time()
-            if wait > 0:
+            if wait > 0 and self._limit.error is not None:
                 if not retry:
-                    refused = self._limit.error or RateLimited("rate_limited", "send again later")
+                    refused = self._limit.error
                     raise refused.__class__(refused.code, refused.message, wait)
                 await asyncio.sleep(wait)
             text = wire.publication(data, type=type, channel=channel, echo=echo or confirmed)
