@@ -5,8 +5,9 @@ Streams: each channel, and ``None`` for the messages to everyone; every publicat
 stream's next offset in epoch ``epoch``, and the last ``history`` of each are kept. A subscribe or
 resume with ``since`` is answered ``recovered: true`` with every kept message after it, or
 ``recovered: false`` when one is missing from history or the epoch differs. The test steers the rest:
-``lose`` drops a delivery in transit, ``refuse`` answers a request kind with an error, ``drop_all``
-cuts every connection, ``lose_state`` makes the next pong say ``lost``, ``status`` refuses handshakes.
+``lost`` drops deliveries in transit, ``refusals`` answers a request kind with an error, ``drop_all``
+cuts every connection, ``away`` refuses handshakes (503) while the test publishes, ``lose_state``
+makes the next pong say ``lost``, ``status`` refuses the next handshakes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ScriptedService:
         self.refusals: dict[str, list[dict]] = defaultdict(list)  # request kind -> error replies to give
         self.lost: set[tuple[str | None, int]] = set()  # (stream, offset) deliveries dropped in transit
         self.lose_state = False
+        self.away = False  # while True, every handshake is refused with 503 (the client retries)
         self.changed = asyncio.Condition()
 
     async def __aenter__(self) -> ScriptedService:
@@ -72,6 +74,8 @@ class ScriptedService:
         )
         if self.status:
             return connection.respond(HTTPStatus(self.status.pop(0)), "refused\n")
+        if self.away:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "away\n")
         return None
 
     async def _serve(self, ws: ServerConnection) -> None:
@@ -86,6 +90,7 @@ class ScriptedService:
                 await self._changed()
         finally:
             self.connections.remove(connection)
+            await self._changed()
 
     async def _answer(self, connection: Connection, request: dict) -> None:
         action = request.get("action", "publish")
