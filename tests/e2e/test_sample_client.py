@@ -4,8 +4,11 @@ Playwright), and a backend's signed POST /publish reaching WebSocket clients, th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import sys
+import threading
 
 import boto3
 import pytest
@@ -201,3 +204,80 @@ def test_the_page_and_its_module_are_served_and_nothing_else_of_the_folder(gatew
         assert b"export class WsBroadcast" in module.read()
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/ws-broadcast.d.ts", timeout=10)
+
+
+class ScriptedServiceThread:
+    """The Python client tests' scripted service with history (clients/python/tests), on a loop of
+    its own: Playwright's sync API holds this thread."""
+
+    def __init__(self, **options) -> None:
+        sys.path.insert(0, str(REPO / "clients" / "python" / "tests"))
+        from scripted_service import ScriptedService
+
+        self.service = ScriptedService(**options)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        self.call(self.service.__aenter__())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.call(self.service.__aexit__())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+
+def module_client(browser, gateway, url: str):
+    """A page whose script is the module alone, recording what it delivers: [kind, from, to, data]."""
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{gateway.port}/")
+    page.evaluate(
+        """async (url) => {
+            const { WsBroadcast } = await import("/ws-broadcast.js");
+            const client = new WsBroadcast(url, { hold: 100, backoff: { first: 50, cap: 200 } });
+            window.got = [];
+            client.addEventListener("message", (e) => window.got.push(["message", e.detail.offset, e.detail.data]));
+            client.addEventListener("gap", (e) => window.got.push(["gap", e.detail.fromOffset, e.detail.toOffset]));
+            await client.connect();
+            await client.subscribe("c");
+        }""",
+        url,
+    )
+    return page
+
+
+def received(page, count: int) -> list:
+    page.wait_for_function(f"window.got.length >= {count}", timeout=10_000)
+    return page.evaluate("window.got")
+
+
+@pytest.mark.browser
+def test_the_module_recovers_a_message_lost_in_transit_and_delivers_in_order(gateway, browser):
+    with ScriptedServiceThread() as scripted:
+        page = module_client(browser, gateway, scripted.service.url)
+        scripted.service.lost.add(("c", 2))
+        for data in ("one", "two", "three"):
+            scripted.call(scripted.service.publish(data, channel="c"))
+        assert received(page, 3) == [["message", 1, "one"], ["message", 2, "two"], ["message", 3, "three"]]
+        assert scripted.service.requests("subscribe")[-1]["since"] == {"offset": 1, "epoch": "E1"}
+
+
+@pytest.mark.browser
+def test_the_module_reports_a_gap_when_history_cannot_cover_its_absence(gateway, browser):
+    with ScriptedServiceThread(history=1) as scripted:
+        page = module_client(browser, gateway, scripted.service.url)
+        scripted.call(scripted.service.publish("c1", channel="c"))
+        received(page, 1)
+        scripted.service.away = True
+        scripted.call(scripted.service.drop_all())
+        for data in ("c2", "c3", "c4"):
+            scripted.call(scripted.service.publish(data, channel="c"))
+        scripted.service.away = False
+        assert received(page, 2)[1] == ["gap", 2, 4]
+        scripted.call(scripted.service.publish("c5", channel="c"))
+        assert received(page, 3)[2] == ["message", 5, "c5"]
