@@ -20,12 +20,12 @@ run:
 	$(PY) -m localgw --chalice-stage $(RUN_STAGE) --page clients/browser/index.html $(LOCALGW_ARGS)
 
 ## make publish [url=URL] [message=JSON]: publish from a backend through POST /publish, signed with your
-## AWS credentials (clients/python/publish.py); url defaults to `make run`'s.
+## AWS credentials (ws_broadcast_client.publish_from_backend, clients/python); url defaults to `make run`'s.
 publish:
 	@scripts/bootstrap python
 	@# `make run` checks the signature's form only: without credentials of your own, any will do there.
 	@$(if $(url),,AWS_ACCESS_KEY_ID=$${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=$${AWS_SECRET_ACCESS_KEY:-local} AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1}) \
-	  $(PY) clients/python/publish.py $(or $(url),http://localhost:8000/publish) '$(or $(message),{"type": 1, "data": "from a backend"})'
+	  $(PY) -m ws_broadcast_client.backend $(or $(url),http://localhost:8000/publish) '$(or $(message),{"type": 1, "data": "from a backend"})'
 
 ## make token [sub=NAME]: a one-hour token for `make run RUN_STAGE=dev-jwt`, and a wscat line that uses it.
 token:

@@ -96,7 +96,7 @@ def fanout_worker(event: SQSEvent) -> dict:
 
 @app.route("/publish", methods=["POST"], authorizer=IAMAuthorizer(), content_types=["application/json"])
 def publish_from_backend() -> Response:
-    """A backend publishes with a SigV4-signed request (``clients/python/publish.py``): the same envelope."""
+    """A backend publishes with a SigV4-signed request (``ws_broadcast_client.publish_from_backend``): the same envelope."""
     context = app.lambda_context
     with _invocation(context, connection_id="", route="POST /publish"):
         remaining_seconds = context.get_remaining_time_in_millis() / 1000

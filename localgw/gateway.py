@@ -233,7 +233,8 @@ class Gateway:
         runtime_exited: Callable[[], bool] = lambda: False,
         page: Path | None = None,
     ) -> None:
-        """``page``: a file served at ``GET /`` (a sample client; it shadows a REST route at ``/``)."""
+        """``page``: a file served at ``GET /`` (a sample client; it shadows a REST route at ``/``), and
+        the ES modules beside it at ``GET /<name>.js`` (the page imports ``./ws-broadcast.js``)."""
         self.functions = functions
         self.page = page
         self._runtime_exited = runtime_exited
@@ -316,10 +317,20 @@ class Gateway:
 
     # ---- REST routes and the page -----------------------------------------------------------------
 
+    def _page_file(self, path: str) -> Path | None:
+        """The page at ``/``, or a module beside it (one name, ``.js``; nothing else of the folder)."""
+        if path == "/":
+            return self.page
+        name = path[1:]
+        if "/" in name or not name.endswith(".js") or name.startswith("."):
+            return None
+        module = self.page.parent / name
+        return module if module.is_file() else None
+
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         """A request to the app's REST API, served as ``chalice local`` serves it; ``GET /``: the page."""
-        if request.method == "GET" and request.path == "/" and self.page is not None:
-            return web.FileResponse(self.page)
+        if request.method == "GET" and self.page is not None and (beside := self._page_file(request.path)):
+            return web.FileResponse(beside)
         function = self.functions.get(rest.ROUTE_KEY)
         if function is None:
             return web.json_response({"message": "Not Found"}, status=404)

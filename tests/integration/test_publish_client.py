@@ -1,21 +1,19 @@
-"""The backend's publish helper against a real HTTP endpoint that checks its SigV4 signature as API
+"""The backend's publish (ws_broadcast_client.publish_from_backend) against a real HTTP endpoint that checks its SigV4 signature as API
 Gateway's IAM authorizer does (region, service, date, session token, host)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import boto3
+import botocore.session
 import pytest
+from ws_broadcast_client import PublishError, publish_from_backend
+from ws_broadcast_client.backend import _region
 
 from testing.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN
 from testing.sigv4 import Expected, signature_problem
 from tests.support.json_http import JsonHttpServer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-from publish import PublishError, _region, publish
 
 
 @pytest.fixture
@@ -42,7 +40,7 @@ def publish_route():
 
 def test_a_signed_publish_is_accepted_and_answers_the_report(publish_route):
     url, received = publish_route
-    report = publish(url, {"type": 7, "data": {"order": 42}, "channel": "orders"})
+    report = publish_from_backend(url, {"type": 7, "data": {"order": 42}, "channel": "orders"})
     assert report == {"recipients": 2, "delivered": 2, "gone": 0, "failed": 0}
     assert received == [{"type": 7, "data": {"order": 42}, "channel": "orders"}]
 
@@ -50,27 +48,29 @@ def test_a_signed_publish_is_accepted_and_answers_the_report(publish_route):
 def test_a_refusal_raises_with_the_services_error(publish_route):
     url, _ = publish_route
     with pytest.raises(PublishError) as refused:
-        publish(url, {"data": 1})
+        publish_from_backend(url, {"data": 1})
     assert (refused.value.status, refused.value.error["code"]) == (400, "missing_type")
 
 
 def test_other_credentials_are_refused_by_the_authorizer(publish_route):
     url, _ = publish_route
-    stranger = boto3.session.Session(
-        aws_access_key_id="AKIDSTRANGER", aws_secret_access_key="x", region_name="us-east-1"
-    )
+    stranger = botocore.session.Session()
+    stranger.set_credentials("AKIDSTRANGER", "x")
     with pytest.raises(PublishError) as refused:
-        publish(url, {"type": 1}, session=stranger)
+        publish_from_backend(url, {"type": 1}, session=stranger, region="us-east-1")
     assert refused.value.status == 403
 
 
-def test_the_region_comes_from_the_execute_api_host():
+def test_a_boto3_session_signs_too(publish_route):
+    url, _ = publish_route
+    report = publish_from_backend(url, {"type": 1}, session=boto3.session.Session(region_name="us-east-1"))
+    assert report["delivered"] == 2
+
+
+def test_the_region_comes_from_the_execute_api_host_else_the_one_given_else_the_sessions():
     session = boto3.session.Session(region_name="us-east-1")
-    assert (
-        _region("https://a1b2c3d4e5.execute-api.eu-west-3.amazonaws.com/api/publish", session) == "eu-west-3"
-    )
-    assert (
-        _region("https://a1b2c3d4e5.execute-api.cn-north-1.amazonaws.com.cn/api/publish", session)
-        == "cn-north-1"
-    )
-    assert _region("http://localhost:8000/publish", session) == "us-east-1"
+    host = "https://a1b2c3d4e5.execute-api"
+    assert _region(f"{host}.eu-west-3.amazonaws.com/api/publish", "ap-south-1", session) == "eu-west-3"
+    assert _region(f"{host}.cn-north-1.amazonaws.com.cn/api/publish", None, session) == "cn-north-1"
+    assert _region("http://localhost:8000/publish", "ap-south-1", session) == "ap-south-1"
+    assert _region("http://localhost:8000/publish", None, session) == "us-east-1"
