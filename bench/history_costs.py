@@ -170,7 +170,7 @@ def replay_against_posts(server: RedisServer) -> Figure:
         for n in range(MISSED):
             registry.begin_backend_publish("c", _payload(n))
         api = apis.for_event(reader.api_id, reader.stage)
-        messages = client.lrange(registry._history_key("c"), 0, -1)[::-1]
+        messages = client.lrange(registry._keys.history("c"), 0, -1)[::-1]
         replays, posts = [], []
         for _ in range(5):
             started = time.perf_counter()

@@ -123,7 +123,14 @@ def test_python_3_10_is_refused_as_of_today_with_lambdas_deprecation_date():
 # ------------------------------------------------------------------------------------------ contents
 def test_the_zip_holds_the_app_and_its_runtime_dependencies_only(names):
     tops = {name.split("/")[0] for name in names}
-    assert {"app.py", "chalicelib/registry.py", "chalicelib/fanout.py", "chalicelib/envelope.py"} <= names
+    assert {
+        "app.py",
+        "chalicelib/registry/connections.py",
+        "chalicelib/fanout.py",
+        "chalicelib/envelope.py",
+    } <= names
+    # the registry's Lua scripts travel beside its modules
+    assert {f"chalicelib/registry/lua/{name}.lua" for name in ("message", "budget", "streams")} <= names
     assert {"redis", "cryptography"} <= tops
     # The Lambda runtime provides boto3 and botocore (with their bytecode): not bundled again.
     assert not tops & {"boto3", "botocore", "s3transfer"}

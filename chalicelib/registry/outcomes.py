@@ -1,0 +1,178 @@
+"""What the registry answers: its exceptions (one root per kind of failure, each refusal saying whether
+to answer it), its settings objects (``Limits``, ``History``) and its outcomes (``Snapshot``, ``Queued``,
+``Joined``, ``Recovery``, ``Presence``). Plain data: no Redis here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chalicelib.settings import FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT
+
+
+class RegistryUnavailable(Exception):
+    """Redis could not be reached or answered with an error; the registry is unchanged."""
+
+
+class InvalidConnectionId(ValueError):
+    """A connection id that API Gateway would never issue; refused before it reaches Redis."""
+
+
+class Refusal(Exception):
+    """A message the registry refused; nothing was read or written but the sender's token.
+
+    ``first``: whether to answer it. A refusal within the sender's rate always is; a refusal for a limit
+    only when it is the first since the sender's last answered message, so a flood is not a flood of
+    error replies (each reply is a post).
+    """
+
+    def __init__(self, text: str, *, first: bool = True) -> None:
+        super().__init__(text)
+        self.first = first
+
+
+class OverLimit(Refusal):
+    """A publish refused by a limit. ``retry_after`` is in seconds."""
+
+    def __init__(self, retry_after: float, *, first: bool = True) -> None:
+        super().__init__(f"retry after {retry_after:.3f} s", first=first)
+        self.retry_after = retry_after
+
+
+class RateLimited(OverLimit):
+    """The sender is over ``PUBLISH_RATE_PER_SECOND`` / ``PUBLISH_BURST``, or its user over
+    ``PUBLISH_RATE_PER_USER``."""
+
+
+class OverCapacity(OverLimit):
+    """The whole API's post budget (``MAX_POSTS_PER_SECOND``), or the queue's backlog, cannot cover this
+    publish now."""
+
+
+class ChannelRefused(Refusal):
+    """A subscribe or a channel publish refused."""
+
+
+class ChannelForbidden(ChannelRefused):
+    """The connection's token does not allow this channel."""
+
+    def __init__(self, channel: str, *, first: bool = True) -> None:
+        super().__init__(f"not allowed: {channel}", first=first)
+        self.channel = channel
+
+
+class TooManyChannels(ChannelRefused):
+    """The connection is already in ``CHANNELS_PER_CONNECTION`` channels."""
+
+
+class CallerRefusal(Refusal):
+    """The message script's answer to mode ``refuse``: the token is taken; ``first`` says whether to answer."""
+
+
+class ConnectionClosed(Exception):
+    """The sender's ``$disconnect`` has run: its message arrived late and is dropped, nothing written."""
+
+
+# Inline publishes keep this much of a second's post budget (whole posts): the queue's workers lease only
+# beyond it, and an inline publish goes out once the budget holds its cost or the reserve, whichever is
+# less (at least one post), perhaps leaving a debt that later publishes and the workers wait for.
+INLINE_RESERVE_SECONDS = 0.25
+# A 410 for a connection younger than this does not remove it, and a reply to it is tried again: API
+# Gateway may answer 410 while the connection's handshake is finishing, just after $connect returned.
+HANDSHAKE_WINDOW_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class History:
+    """How much of each stream is kept: ``size`` messages (0: no history, no offsets), the whole stream
+    expiring ``ttl_seconds`` after its last publish; and how many users a presence answer lists."""
+
+    size: int = 0
+    ttl_seconds: int = 600
+    presence_max: int = 100
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection and per-user token buckets, the whole API's post budget, and how far ahead of it
+    the queue may admit broadcasts; a rate or budget of 0 switches it off."""
+
+    publish_rate_per_second: float = 0
+    publish_burst: int = 1
+    max_posts_per_second: int = 0
+    publish_rate_per_user: float = 0
+    queue_backlog_seconds: float = FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT
+
+    @property
+    def inline_reserve(self) -> int:
+        return int(self.max_posts_per_second * INLINE_RESERVE_SECONDS)
+
+    @property
+    def queue_backlog(self) -> float:
+        """Posts the queue may hold admitted but not yet delivered (its budget's capacity)."""
+        return self.max_posts_per_second * self.queue_backlog_seconds
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A publish too large to deliver inline: nothing was read, and it was admitted against the queue's
+    budget.
+
+    ``sizes``: the audience's entries in each shard that has any (one job each); ``lost`` and ``suffix``
+    as in ``Snapshot``. The workers read their shard and take the post budget as they post.
+    """
+
+    sizes: dict[int, int]
+    lost: bool = False
+    suffix: str = ""
+
+    @property
+    def recipients(self) -> int:
+        return sum(self.sizes.values())
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The audience as one publish sees it; ``lost``: Redis had lost the sender (it is back now).
+
+    ``young``: the live members that connected less than ``HANDSHAKE_WINDOW_SECONDS`` ago: a 410 from
+    one of them may be API Gateway's handshake still finishing, not a closed connection. ``suffix``:
+    what history added to the payload before its closing brace (its offset and epoch; '' without
+    history): every recipient gets ``envelope.positioned(payload, suffix)``.
+    """
+
+    live: list[str]
+    stale: list[str]
+    lost: bool = False
+    young: frozenset[str] = frozenset()
+    suffix: str = ""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A stream as a subscribe or resume found it: its latest ``offset`` and ``epoch``; ``recovered``:
+    None when no ``since`` was given, else whether every message after it is in ``replay`` (oldest
+    first, each as it was delivered), all or none."""
+
+    offset: int
+    epoch: str
+    recovered: bool | None
+    replay: list[bytes]
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A subscribe's or resume's outcome; ``recovery`` is None with history off."""
+
+    lost: bool
+    recovery: Recovery | None = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A channel's live members: ``count`` connections in all, ``members`` (user: the token's sub, or
+    None; connections) for at most ``presence_max`` users, most connections first."""
+
+    count: int
+    members: list[tuple[str | None, int]]
+    lost: bool = False

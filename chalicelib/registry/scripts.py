@@ -1,0 +1,124 @@
+"""The registry's Lua scripts, one file each in ``lua/``, and what they are called with.
+
+A script names the libraries it uses (``-- uses: allowed, buckets``); ``source`` puts them before it.
+The two scripts called with many arguments, the message script and the budget script, take their KEYS
+and ARGV from the dataclasses below: the fields' order is the order they are sent in, and the same
+fields become the script's named locals (``named_locals``), so neither side counts positions by hand.
+Their answers start with a ``Reply``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+_LUA = Path(__file__).with_name("lua")
+_LIBRARIES = ("allowed", "buckets", "streams")
+
+
+class Reply(IntEnum):
+    """The first element of a script's answer."""
+
+    GRANTED = 0
+    OVER_RATE = 1  # the sender's bucket, or its user's
+    OVER_BUDGET = 2  # the post budget, or the queue's
+    FORBIDDEN = 3  # the channel, by the token's patterns
+    TOO_MANY = 4  # channels for one connection
+    QUEUED = 5  # an audience past the inline max: counted and admitted, not read
+    CLOSED = 6  # the sender's $disconnect has run
+    REFUSED = 7  # the caller refused the message (mode refuse): its token is taken
+
+
+@dataclass(frozen=True)
+class MessageKeys:
+    registry: str
+    sender_bucket: str
+    posts_key: str  # sharded: a key of the sender's slot that is never written (so for the last three)
+    own_hash: str
+    audience: str
+    queue_key: str
+    history_key: str
+    position_key: str
+
+
+@dataclass(frozen=True)
+class MessageArgs:
+    sender: str  # '' for a backend publish: no sender, no rate
+    value: str  # the sender's entry, were it to be registered again
+    max_age: int
+    rate: float
+    burst: int
+    budget: int  # posts a second
+    mode: str  # publish, check, ping, subscribe, unsubscribe, resume, presence, refuse
+    channel: str  # '' for every connection
+    echo: bool
+    enforce: bool  # channel permissions
+    max_channels: int
+    expire_at: int  # the sender's hash expires with its connection
+    inline_max: int  # 0: no queue
+    user_rate: float
+    backlog: float  # the queue's budget's capacity, in posts
+    reserve: int  # the inline reserve, in posts
+    pays_replies: bool  # the post budget is this script's (one shard): replies are paid from it
+    user_prefix: str  # + the sender's principal key: its user's bucket
+    test_now: int  # a test's clock (ms); -1: Redis's
+    history_size: int  # 0 sharded: the budget script keeps history there
+    history_ttl: int
+    position_ttl: int
+    payload: bytes
+    since_offset: int  # -1: no since
+    since_epoch: str
+
+
+@dataclass(frozen=True)
+class BudgetKeys:
+    posts_key: str
+    queue_key: str
+    history_key: str
+    position_key: str
+
+
+@dataclass(frozen=True)
+class BudgetArgs:
+    budget: int
+    count: int
+    mode: str  # take, queue, lease
+    reserve: int
+    backlog: float
+    test_now: int
+    history_size: int
+    history_ttl: int
+    position_ttl: int
+    payload: bytes
+
+
+def named_locals(keys: type, args: type) -> str:
+    """Lua locals named as the dataclasses' fields, from KEYS and ARGV in their order."""
+    names = [f"local {field.name} = KEYS[{n}]" for n, field in enumerate(fields(keys), 1)]
+    for n, field in enumerate(fields(args), 1):
+        value = f"ARGV[{n}]"
+        if field.type in ("int", "float"):
+            value = f"tonumber({value})"
+        elif field.type == "bool":
+            value = f"{value} == '1'"
+        names.append(f"local {field.name} = {value}")
+    return "\n".join(names) + "\n"
+
+
+def source(name: str, header: str = "") -> str:
+    """A script's text: the libraries it uses, ``header``, then the script."""
+    text = (_LUA / f"{name}.lua").read_text()
+    first = text.partition("\n-- uses: ")[2].partition("\n")[0] if "\n-- uses: " in text else ""
+    uses = [library for library in _LIBRARIES if library in first.split(", ")]
+    return "".join((_LUA / f"{library}.lua").read_text() for library in uses) + header + text
+
+
+def keys_of(keys: Any) -> list[str]:
+    return list(astuple(keys))
+
+
+def args_of(args: Any) -> list:
+    """ARGV as Redis takes it: booleans as 1 and 0."""
+    return [int(value) if isinstance(value, bool) else value for value in astuple(args)]
