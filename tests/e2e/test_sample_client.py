@@ -61,12 +61,13 @@ def test_two_pages_exchange_a_channel_message_and_a_third_does_not_get_it(gatewa
     alice.fill("#publish-channel", "room-1")
     alice.fill("#data", '{"text": "hello room"}')
     alice.click("#publish")
-    # THEN bob sees it, marked with its channel; the publish had exactly one recipient (not carol)
+    # THEN bob sees it, marked with its channel; the publish had two recipients, bob and alice's own
+    # echo (the module asks for it when the stream has offsets, to keep its own stream whole), not carol
     received = bob.locator("#log li.message").first
     expect(received).to_contain_text('"channel":"room-1"')
     assert json.loads(received.text_content())["data"] == {"text": "hello room"}
     published = gateway.wait_for(r'"message": "published".*"channel": "room-1"', after=mark)
-    assert '"recipients": 1' in published.string
+    assert '"recipients": 2' in published.string
     # AND carol, who gets the next broadcast, never saw the channel's message
     bob.fill("#data", '"to everyone"')
     bob.click("#publish")
@@ -192,7 +193,8 @@ def test_the_module_alone_resubscribes_after_a_forced_close(gateway, browser):
         page.wait_for_function("window.received.length === 1", timeout=10_000)
     assert page.evaluate("window.opens") == [0, 1]
     message = page.evaluate("window.received[0]")
-    assert (message["channel"], message["data"], message["offset"]) == ("room-10", {"n": 1}, None)
+    assert (message["channel"], message["data"]) == ("room-10", {"n": 1})
+    assert isinstance(message["offset"], int), "the service keeps history: every message has its offset"
 
 
 def test_the_page_and_its_module_are_served_and_nothing_else_of_the_folder(gateway):
