@@ -91,7 +91,8 @@ def test_resume_and_a_new_epoch_after_redis_lost_its_data(history_gateway, redis
         await publisher.send(json.dumps({"type": 1}))
         first = await next_json(listener)
         await listener.close()
-        await publisher.send(json.dumps({"type": 2}))
+        await publisher.send(json.dumps({"type": 2, "echo": True}))
+        await next_json(publisher)  # its own copy: published before anyone connects again
         back = await connected(gw)
         await back.send(
             json.dumps({"action": "resume", "since": {"offset": first["offset"], "epoch": first["epoch"]}})
