@@ -8,20 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import boto3
+from ws_broadcast_client import publish_from_backend
 
-from bench.common import AWS_ENV, REPO, Figure
+from bench.common import AWS_ENV, Figure
 from bench.fanout_latency import LATENCY_MS, NO_LIMITS, SHIPPED_WORKERS, connect_all, redis_server_flush
 from testing.aws import use_dummy_aws
-from tests.e2e.localgw_harness import GatewayProcess
-from tests.support.redis_server import RedisServer
-
-sys.path.insert(0, str(REPO / "clients" / "python"))
-from publish import publish
+from testing.gateway_process import GatewayProcess
+from testing.redis_server import RedisServer
 
 CLIENTS = 1000
 ROUNDS = 7
@@ -37,7 +34,7 @@ async def _rounds(gateway: GatewayProcess) -> dict[str, list[float]]:
         await sender.send(json.dumps(message))
 
     async def backend(message: dict) -> None:
-        await asyncio.to_thread(publish, url, message, session=session)
+        await asyncio.to_thread(publish_from_backend, url, message, session=session)
 
     samples: dict[str, list[float]] = {"backend": [], "websocket": []}
     try:

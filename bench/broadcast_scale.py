@@ -30,8 +30,8 @@ from bench.common import AWS_ENV, REPO, Figure
 from bench.throttled_management_server import connection_id
 from testing.apigw import Connection
 from testing.lambda_context import LambdaContext
+from testing.redis_server import RedisServer
 from testing.sqs import SqsStandIn, create_queue_with_dlq, depth, queue_url
-from tests.support.redis_server import RedisServer
 
 POST_LATENCY_MS = 20
 # The post budget: the stand-in throttles at it and the app paces to it (MAX_POSTS_PER_SECOND); the

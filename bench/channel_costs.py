@@ -17,7 +17,7 @@ import redis
 from bench.common import Figure
 from chalicelib.registry import ConnectionRegistry
 from testing.apigw import new_id
-from tests.support.redis_server import RedisServer
+from testing.redis_server import RedisServer
 
 OTHERS = 100_000
 MEMBERS = 10

@@ -21,9 +21,9 @@ ROUNDS = 5
 def run(tmp_dir) -> list[Figure]:
     use_dummy_aws()
     from testing.apigw import Connection
+    from testing.identity_provider import AUDIENCE, ISSUER, IdentityProvider
     from testing.lambda_context import LambdaContext
-    from tests.support.identity_provider import AUDIENCE, ISSUER, IdentityProvider
-    from tests.support.redis_server import RedisServer
+    from testing.redis_server import RedisServer
 
     server = RedisServer(tmp_dir / "connect-cpu")
     server.start()

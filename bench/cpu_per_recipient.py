@@ -52,7 +52,7 @@ def publishing_app(tmp_dir, recipients: int, **env: str) -> Iterator[tuple[objec
     use_dummy_aws()
     from testing.apigw import Connection
     from testing.lambda_context import LambdaContext
-    from tests.support.redis_server import RedisServer
+    from testing.redis_server import RedisServer
 
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.management_server"],

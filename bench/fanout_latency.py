@@ -23,8 +23,8 @@ import redis
 import websockets
 
 from bench.common import AWS_ENV, REPO, Figure, percentile
-from tests.e2e.localgw_harness import GatewayProcess
-from tests.support.redis_server import RedisServer
+from testing.gateway_process import GatewayProcess
+from testing.redis_server import RedisServer
 
 LATENCY_MS = 20
 SHIPPED_WORKERS = 64  # FANOUT_WORKERS default, chosen from the sweep below (README: Performance)

@@ -31,9 +31,9 @@ from chalicelib.registry import ConnectionRegistry, History
 from chalicelib.settings import Settings
 from testing.apigw import Connection, new_id
 from testing.aws import DUMMY_AWS_ENV, use_dummy_aws
+from testing.command_log import CommandLog
 from testing.management_api import ManagementApiServer
-from tests.support.command_log import CommandLog
-from tests.support.redis_server import RedisServer
+from testing.redis_server import RedisServer
 
 RECIPIENTS = 10
 ROUNDS, PUBLISHES_PER_ROUND = 7, 300

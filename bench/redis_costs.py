@@ -18,8 +18,8 @@ import redis
 from bench.common import Figure
 from chalicelib.registry import ConnectionRegistry, Limits, registry_key
 from testing.apigw import new_id as new_connection_id
-from tests.support.command_log import CommandLog
-from tests.support.redis_server import RedisServer
+from testing.command_log import CommandLog
+from testing.redis_server import RedisServer
 
 KEY = registry_key("bench")
 REFERENCE_KEY = "{bench}:reference"

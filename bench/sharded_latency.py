@@ -14,8 +14,8 @@ import redis
 from bench.common import Figure
 from chalicelib.registry import ConnectionRegistry, History, Limits
 from testing.apigw import new_id
-from tests.support.redis_server import RedisServer
-from tests.support.tcp_proxy import TcpProxy
+from testing.redis_server import RedisServer
+from testing.tcp_proxy import TcpProxy
 
 LINK_SECONDS = 0.010
 CONNECTIONS = 8

@@ -37,8 +37,8 @@ import redis
 import websockets
 
 from bench.common import AWS_ENV, Figure, print_table, write_json
-from tests.e2e.localgw_harness import GatewayProcess
-from tests.support.redis_server import RedisServer
+from testing.gateway_process import GatewayProcess
+from testing.redis_server import RedisServer
 
 # A delivery takes milliseconds; one still in flight this long after its publish counts as missed.
 GRACE_SECONDS = 5.0

@@ -4,5 +4,8 @@
 stand-in for the Management API; ``sigv4``: the signature checks API Gateway makes; ``lambda_context``:
 the context Lambda passes a handler; ``sqs``: SQS (moto over HTTP) and the SQS events Lambda sends;
 ``aws``: the dummy AWS environment that keeps everything off AWS.
+``redis_server``, ``tls``, ``tcp_proxy``, ``command_log``, ``json_http``, ``identity_provider`` and
+``gateway_process``: real parts (redis-server, a local CA, a TCP proxy with faults, MONITOR, an HTTP
+server, a token issuer, localgw as a subprocess) the tests and the benchmarks share.
 Nothing in ``chalicelib/`` imports this package.
 """

@@ -14,7 +14,7 @@ import redis
 from chalicelib.log import JsonFormatter, logger
 from testing.aws import use_dummy_aws
 from testing.management_api import ManagementApiServer
-from tests.support.redis_server import RedisServer
+from testing.redis_server import RedisServer
 
 # Dummy credentials, and no shared config or instance metadata: nothing can reach real AWS.
 use_dummy_aws()

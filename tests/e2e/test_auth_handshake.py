@@ -11,8 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.localgw_harness import REPO, GatewayProcess, Wscat, run
-from tests.support.identity_provider import (
+from testing.identity_provider import (
     AUDIENCE,
     ISSUER,
     IdentityProvider,
@@ -21,6 +20,7 @@ from tests.support.identity_provider import (
     hmac_token,
     unsigned_token,
 )
+from tests.e2e.localgw_harness import REPO, GatewayProcess, Wscat, run
 
 ALLOWED_ORIGIN = "https://app.example.com"
 

@@ -11,7 +11,7 @@ import pytest
 from localgw.lambdaenv import HandlerError
 from localgw.runtime import Runtime
 from testing import apigw as events
-from tests.e2e.localgw_harness import FIXTURE_APP
+from testing.gateway_process import FIXTURE_APP
 
 
 def _message(body: dict) -> dict:

@@ -12,11 +12,11 @@ import pytest
 from websockets.asyncio.client import connect
 from ws_broadcast_client import AuthenticationFailed, Backoff, Client, Gap
 
+from testing.identity_provider import IdentityProvider
+from testing.redis_server import free_port
+from testing.tcp_proxy import TcpProxy
 from tests.e2e.localgw_harness import GatewayProcess, run
 from tests.e2e.test_auth_handshake import jwt_env
-from tests.support.identity_provider import IdentityProvider
-from tests.support.redis_server import free_port
-from tests.support.tcp_proxy import TcpProxy
 
 QUICK = Backoff(first=0.05, cap=0.2)
 EVERY_CHANNEL = {"subscribe": ["*"], "publish": ["*"]}

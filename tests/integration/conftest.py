@@ -10,8 +10,8 @@ def app_module(monkeypatch, redis_server, management_api):
 
 @pytest.fixture
 def jwt_stage(monkeypatch):
-    """A stage that verifies HS256 tokens (tests.support.identity_provider's secret) and allows one origin."""
-    from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET
+    """A stage that verifies HS256 tokens (testing.identity_provider's secret) and allows one origin."""
+    from testing.identity_provider import AUDIENCE, ISSUER, SECRET
 
     monkeypatch.setenv("AUTH_MODE", "jwt")
     monkeypatch.setenv("AUTH_JWT_SECRET", SECRET)
@@ -28,7 +28,7 @@ def gateway(app_module, management_api) -> GatewayDriver:
 @pytest.fixture
 def ssm_parameter_store(monkeypatch):
     """SSM Parameter Store holding prod's HS256 secret; boto3 reaches it through AWS_ENDPOINT_URL_SSM."""
-    from tests.support.identity_provider import SECRET
+    from testing.identity_provider import SECRET
     from tests.support.ssm_parameter_store import ParameterStore
 
     with ParameterStore({"/ws-broadcast/prod/jwt-secret": SECRET}) as store:

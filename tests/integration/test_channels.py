@@ -13,7 +13,7 @@ from chalice.test import Client
 
 from chalicelib import envelope
 from chalicelib.registry import registry_key
-from tests.support.identity_provider import secret_token
+from testing.identity_provider import secret_token
 
 # Chalice's test client says, for every request, that it lets IAM routes through (API Gateway checks them).
 pytestmark = pytest.mark.filterwarnings("ignore:IAMAuthorizer is not a supported in local mode")

@@ -7,7 +7,7 @@ import redis
 
 from chalicelib.registry import ConnectionRegistry, redis_client, registry_key
 from chalicelib.settings import Settings
-from tests.support.redis_server import RedisServer, free_port
+from testing.redis_server import RedisServer, free_port
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_a_sharded_registry_spreads_over_slots_and_works_through_the_cluster_cli
 
 
 def test_a_sharded_publish_on_a_cluster_is_two_round_trips_with_history(cluster_node):
-    from tests.support.command_log import CommandLog
+    from testing.command_log import CommandLog
 
     settings = Settings.from_env(
         {

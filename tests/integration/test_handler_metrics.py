@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import pytest
 
 from chalicelib import metrics
+from testing.identity_provider import secret_token
 from tests.support.emf import emf_documents
 from tests.support.gateway_driver import (
     CONNECT_FUNCTION,
@@ -19,7 +20,6 @@ from tests.support.gateway_driver import (
     GatewayDriver,
     app_on,
 )
-from tests.support.identity_provider import secret_token
 
 
 def invocation_document(capsys) -> dict:

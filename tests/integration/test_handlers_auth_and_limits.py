@@ -17,8 +17,8 @@ import redis
 
 from chalicelib import envelope
 from chalicelib.registry import principal_key, registry_key
+from testing.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
 from tests.support.gateway_driver import GatewayDriver, app_on
-from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
 
 
 def connect_with(gateway: GatewayDriver, headers: dict | None = None, query: dict | None = None):
@@ -169,7 +169,7 @@ app.broadcaster()
 assert "jwt" not in sys.modules and "cryptography.x509" not in sys.modules, "imported before any token"
 from testing.apigw import Connection
 from testing.lambda_context import LambdaContext
-from tests.support.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
+from testing.identity_provider import AUDIENCE, ISSUER, SECRET, secret_token
 event = Connection().connect_event(headers=[("Authorization", "Bearer " + secret_token())])
 assert app.connect(event, LambdaContext())["statusCode"] == 200
 assert "jwt" in sys.modules

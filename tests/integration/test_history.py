@@ -11,8 +11,8 @@ import redis
 
 from chalicelib import envelope
 from testing.apigw import Connection, now_ms
+from testing.identity_provider import secret_token
 from tests.support.gateway_driver import GatewayDriver
-from tests.support.identity_provider import secret_token
 
 
 def subscribe(

@@ -15,8 +15,8 @@ from chalicelib import management_api
 from chalicelib.fanout import Fanout
 from chalicelib.management_api import DeliveryError, ManagementApi
 from testing.management_api import ManagementApiServer
+from testing.tls import make_certificates
 from tests.support.raw_http import ConnectProxy, Peer, RawServer, serve_forever
-from tests.support.tls import make_certificates
 
 CONNECTION = "L0SM9cOFvHcCIhw="
 PAYLOAD = b'{"type":1,"data":null,"received":0}'

@@ -12,8 +12,8 @@ from ws_broadcast_client import PublishError, publish_from_backend
 from ws_broadcast_client.backend import _region
 
 from testing.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN
+from testing.json_http import JsonHttpServer
 from testing.sigv4 import Expected, signature_problem
-from tests.support.json_http import JsonHttpServer
 
 
 @pytest.fixture

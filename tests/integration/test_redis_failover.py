@@ -13,9 +13,9 @@ import time
 import pytest
 
 from chalicelib import envelope
+from testing.redis_server import RedisServer, start_replica, wait_until_replicated
+from testing.tcp_proxy import TcpProxy
 from tests.support.gateway_driver import GatewayDriver, app_on
-from tests.support.redis_server import RedisServer, start_replica, wait_until_replicated
-from tests.support.tcp_proxy import TcpProxy
 
 # The promise: within this long after the promotion, publishing works again for everyone.
 RECOVERY_SECONDS = 15

@@ -3,8 +3,8 @@
 import pytest
 
 from chalicelib import envelope
+from testing.redis_server import RedisServer
 from tests.support.gateway_driver import GatewayDriver, app_on
-from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from chalicelib.redis_auth import (
 )
 from chalicelib.registry import ConnectionRegistry, RegistryUnavailable, redis_client
 from chalicelib.settings import Settings
-from tests.support.redis_server import RedisServer
-from tests.support.tls import make_certificates
+from testing.redis_server import RedisServer
+from testing.tls import make_certificates
 
 pytestmark = pytest.mark.redis_server
 

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chalicelib import envelope
+from testing.tcp_proxy import TcpProxy
 from tests.support.gateway_driver import GatewayDriver, app_on
-from tests.support.tcp_proxy import TcpProxy
 
 SOCKET_TIMEOUT_SECONDS = 2.0  # REDIS_SOCKET_TIMEOUT_SECONDS's default
 # A command is tried at most 3 times (the client's two retries): each waits at most the socket

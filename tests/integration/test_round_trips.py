@@ -3,7 +3,7 @@
 import pytest
 
 from testing.apigw import Connection, now_ms
-from tests.support.command_log import CommandLog
+from testing.command_log import CommandLog
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from chalicelib.tokens import (
     SecretKey,
     verifier_from_settings,
 )
-from tests.support.identity_provider import (
+from testing.identity_provider import (
     AUDIENCE,
     ISSUER,
     SECRET,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support.json_http import JsonHttpServer
+from testing.json_http import JsonHttpServer
 
 
 class ParameterStore:

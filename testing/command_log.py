@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 
-from tests.support.redis_server import RedisServer
+from testing.redis_server import RedisServer
 
 
 class CommandLog:

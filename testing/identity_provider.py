@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.support.json_http import JsonHttpServer
+from testing.json_http import JsonHttpServer
 
 ISSUER = "https://idp.test.example"
 AUDIENCE = "ws-broadcast-tests"

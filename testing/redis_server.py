@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.tls import TlsFiles
+from testing.tls import TlsFiles
 
 READY_LINE = "Ready to accept connections"
 
