@@ -3,6 +3,9 @@
 - A publish to 10 recipients with history (HISTORY_SIZE=100) against the same publish with history off:
   round trips (MONITOR; goal: the same one), bytes on the wire, the registry call's time (client and
   server together) and Redis's own time in the script (commandstats), medians of rounds taking turns.
+- The handler's CPU per publish to 10 recipients (app.message as wired, a real redis-server, the
+  Management API stand-in in another process) with history against history off, the two taking turns
+  in each round, medians. Goal: at most 1.1x.
 - Memory per kept message: the history list's MEMORY USAGE per message against the message's own bytes
   (a 200-byte publication with its offset and epoch). Goal: at most 1.2x.
 - A replay of 100 missed messages (one subscribe with ``since``, through the handler's fan-out, to the
@@ -13,7 +16,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import time
 import uuid
@@ -21,6 +26,7 @@ import uuid
 import redis
 
 from bench.common import Figure
+from bench.cpu_per_recipient import process_cpu_seconds, publishing_app
 from bench.redis_costs import CountingProxy
 from chalicelib.auth import Gatekeeper
 from chalicelib.broadcast import Broadcaster
@@ -120,6 +126,36 @@ def publish_costs(server: RedisServer) -> list[Figure]:
             "history off",
         ),
     ]
+
+
+def handler_cpu(tmp_dir) -> Figure:
+    from chalicelib.log import logger
+    from testing.lambda_context import LambdaContext
+
+    limits_off = {"PUBLISH_RATE_PER_SECOND": "0", "MAX_POSTS_PER_SECOND": "0"}
+    with (
+        publishing_app(tmp_dir, RECIPIENTS, **limits_off) as (app, connections, _),
+        open(os.devnull, "w") as sink,
+        contextlib.redirect_stdout(sink),  # each publish's EMF document, both ways alike
+    ):
+        logger.setLevel("WARNING")
+        event = connections[0].message_event(json.dumps({"type": 1, "data": "x" * PAYLOAD_BYTES}))
+        samples: dict[str, list[float]] = {"100": [], "0": []}
+        for round_number in range(ROUNDS + 1):  # the first round warms up
+            for size in samples:
+                os.environ["HISTORY_SIZE"] = size
+                app.configured.cache_clear()  # a container of that stage: settings read once
+                app.message(event, LambdaContext())  # its first publish loads the script
+                started = process_cpu_seconds()
+                for _ in range(PUBLISHES_PER_ROUND):
+                    assert app.message(event, LambdaContext()) == {"statusCode": 200}
+                if round_number:
+                    samples[size].append((process_cpu_seconds() - started) * 1000 / PUBLISHES_PER_ROUND)
+        logger.setLevel("INFO")
+    return Figure(
+        "history", f"the handler's CPU per publish to {RECIPIENTS}, history 100 vs off", "ms",
+        statistics.median(samples["100"]), statistics.median(samples["0"]), "history off", "<= 1.1",
+    )  # fmt: skip
 
 
 def memory_per_message(server: RedisServer) -> Figure:
@@ -252,6 +288,7 @@ def run(tmp_dir) -> list[Figure]:
     try:
         return [
             *publish_costs(server),
+            handler_cpu(tmp_dir),
             memory_per_message(server),
             replay_against_posts(server),
             *presence_and_membership(server),
