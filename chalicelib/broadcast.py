@@ -262,7 +262,9 @@ class Broadcaster:
             replay = recovery.replay if recovery else []
         elif message.action == "presence":
             presence = self._registry.presence(sender, connected_at_ms, message.channel)
-            answer = envelope.encode_presence(message.channel, presence.count, presence.members)
+            answer = envelope.encode_presence(
+                message.channel, presence.count, presence.members, lost=presence.lost
+            )
             what = "presence"
         elif message.action == "subscribe":
             joined = self._registry.subscribe(sender, connected_at_ms, message.channel, _since(message.since))

@@ -288,14 +288,18 @@ def encode_resumed(*, lost: bool, position: tuple[int, str] | None, recovered: b
     return _dumps({"action": "resumed", **fields, **({"lost": True} if lost else {})})
 
 
-def encode_presence(channel: str, count: int, members: list[tuple[str | None, int]]) -> bytes:
-    """``{"action": "presence", "channel", "count", "members": [{"user", "connections"}, ...]}``."""
+def encode_presence(
+    channel: str, count: int, members: list[tuple[str | None, int]], *, lost: bool = False
+) -> bytes:
+    """``{"action": "presence", "channel", "count", "members": [{"user", "connections"}, ...]}``;
+    ``lost`` as in ``encode_pong``."""
     return _dumps(
         {
             "action": "presence",
             "channel": channel,
             "count": count,
             "members": [{"user": user, "connections": connections} for user, connections in members],
+            **({"lost": True} if lost else {}),
         }
     )
 

@@ -71,13 +71,6 @@ class Gone(DeliveryError):
     """410: the connection is closed; it must leave the registry."""
 
 
-class Throttled(DeliveryError):
-    """429: API Gateway throttled the account; retry with backoff."""
-
-    def __init__(self, connection_id: str, status: int | None, reason: str) -> None:
-        super().__init__(connection_id, status, reason, retryable=True)
-
-
 def endpoint_url(settings: Settings, api_id: str, stage: str) -> str:
     """Where to post, derived as Chalice does from the event; botocore's variable wins when set.
 
@@ -199,8 +192,6 @@ class ManagementApi:
         reason = headers.get("x-amzn-errortype", "").split(":")[0] or f"HTTP {status}"
         if status == 410:
             return Gone(post.connection_id, status, reason)
-        if status == 429:
-            return Throttled(post.connection_id, status, reason)
         return DeliveryError(post.connection_id, status, reason, retryable=status in RETRYABLE_STATUSES)
 
     def _connection(self, index: int, deadline: float) -> _Connection:

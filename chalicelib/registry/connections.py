@@ -338,10 +338,10 @@ class ConnectionRegistry:
         return self._keys.shard_of(connection_id)
 
     def _one_shard_publish(self, reply: list) -> Snapshot | Queued:
-        lost = int(reply[1]) == 1
+        # reply[1], whether the sender had been lost, is for the replies a publish does not have
         if int(reply[0]) == Reply.QUEUED:
-            return Queued(sizes={0: int(reply[2])}, lost=lost, suffix=reply[3])
-        return self._snapshot(zip(reply[3::2], reply[4::2], strict=True), lost=lost, suffix=reply[2])
+            return Queued(sizes={0: int(reply[2])}, suffix=reply[3])
+        return self._snapshot(zip(reply[3::2], reply[4::2], strict=True), suffix=reply[2])
 
     def _sharded_publish(
         self, channel: str | None, payload: bytes, sender_checks: Callable[[], bool] | None
@@ -353,7 +353,7 @@ class ConnectionRegistry:
         unless the publish is queued. A refused sender reads nothing; a publish the budget refuses has
         read its audience for nothing (at most the inline max)."""
         sizes_of = functools.partial(self._sizes, channel)
-        lost, sizes = self._side_by_side(sender_checks, sizes_of) if sender_checks else (False, sizes_of())
+        sizes = self._side_by_side(sender_checks, sizes_of)[1] if sender_checks else sizes_of()
         cost = sum(sizes.values())  # the sender counts, echo or not: one post at most
         queued = bool(self._inline_max) and cost > self._inline_max
 
@@ -368,9 +368,9 @@ class ConnectionRegistry:
             return reply
 
         if queued:
-            return Queued(sizes=sizes, lost=lost, suffix=admit()[3])
+            return Queued(sizes=sizes, suffix=admit()[3])
         reply, entries = self._side_by_side(admit, functools.partial(self._read, channel, sizes))
-        return self._snapshot(entries, lost=lost, suffix=reply[3])
+        return self._snapshot(entries, suffix=reply[3])
 
     def _sizes(self, channel: str | None) -> dict[int, int]:
         """The audience's size in each shard that has members, in one pipeline."""
@@ -511,9 +511,7 @@ class ConnectionRegistry:
         self._raise_refusal(reply)
         return reply
 
-    def _snapshot(
-        self, entries: Iterable[tuple[str, str]], *, lost: bool = False, suffix: str = ""
-    ) -> Snapshot:
+    def _snapshot(self, entries: Iterable[tuple[str, str]], *, suffix: str = "") -> Snapshot:
         cutoff = self._stale_cutoff()
         young_since = int(self._clock()) - HANDSHAKE_WINDOW_SECONDS
         live, stale, young = [], [], []
@@ -522,7 +520,7 @@ class ConnectionRegistry:
             (stale if connected_at <= cutoff else live).append(connection_id)
             if connected_at >= young_since:
                 young.append(connection_id)
-        return Snapshot(live=live, stale=stale, lost=lost, young=frozenset(young), suffix=suffix)
+        return Snapshot(live=live, stale=stale, young=frozenset(young), suffix=suffix)
 
     def _raise_refusal(self, reply: list) -> None:
         """Turn a script's refusal into the exception that says why."""

@@ -118,12 +118,11 @@ class Queued:
     """A publish too large to deliver inline: nothing was read, and it was admitted against the queue's
     budget.
 
-    ``sizes``: the audience's entries in each shard that has any (one job each); ``lost`` and ``suffix``
-    as in ``Snapshot``. The workers read their shard and take the post budget as they post.
+    ``sizes``: the audience's entries in each shard that has any (one job each); ``suffix`` as in
+    ``Snapshot``. The workers read their shard and take the post budget as they post.
     """
 
     sizes: dict[int, int]
-    lost: bool = False
     suffix: str = ""
 
     @property
@@ -133,7 +132,7 @@ class Queued:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The audience as one publish sees it; ``lost``: Redis had lost the sender (it is back now).
+    """The audience as one publish sees it (a sender Redis had lost is registered again by then).
 
     ``young``: the live members that connected less than ``HANDSHAKE_WINDOW_SECONDS`` ago: a 410 from
     one of them may be API Gateway's handshake still finishing, not a closed connection. ``suffix``:
@@ -143,7 +142,6 @@ class Snapshot:
 
     live: list[str]
     stale: list[str]
-    lost: bool = False
     young: frozenset[str] = frozenset()
     suffix: str = ""
 
@@ -171,7 +169,8 @@ class Joined:
 @dataclass(frozen=True)
 class Presence:
     """A channel's live members: ``count`` connections in all, ``members`` (user: the token's sub, or
-    None; connections) for at most ``presence_max`` users, most connections first."""
+    None; connections) for at most ``presence_max`` users, most connections first; ``lost``: Redis had
+    lost the asker (it is back now, without its subscriptions)."""
 
     count: int
     members: list[tuple[str | None, int]]

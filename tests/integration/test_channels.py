@@ -181,6 +181,29 @@ def test_after_redis_loses_its_data_replies_tell_the_client_to_reconnect(
     assert "lost" not in second
 
 
+@pytest.mark.parametrize(
+    ("request_", "answer"),
+    [
+        ({"action": "presence", "channel": "room-1"}, "presence"),
+        ({"action": "resume", "since": {"offset": 0, "epoch": "old"}}, "resumed"),
+        ({"action": "unsubscribe", "channel": "room-1"}, "unsubscribed"),
+    ],
+)
+def test_every_reply_to_a_request_says_when_redis_had_lost_the_asker(
+    gateway, management_api, redis_server, request_, answer
+):
+    """A publish has no reply: a client that only publishes learns it at its next request or ping."""
+    alice, _ = gateway.connect(query_string="channels=room-1")
+    prefix = os.environ["REDIS_KEY_PREFIX"]
+    client = redis.Redis.from_url(redis_server.url)
+    for key in client.scan_iter(f"{{{prefix}}}:*"):
+        client.delete(key)
+    gateway.send(alice, request_)
+    (reply,) = management_api.wait_for(alice.connection_id, 1)
+    assert reply["action"] == answer
+    assert reply["lost"] is True
+
+
 def backend_publish(app_module, body) -> tuple[int, dict]:
     """POST /publish through Chalice's own local HTTP gateway (the IAM authorizer is API Gateway's)."""
     with Client(app_module.app) as client:

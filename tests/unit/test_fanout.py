@@ -6,7 +6,7 @@ import time
 import pytest
 
 from chalicelib.fanout import DEADLINE_EXCEEDED, NEVER_POSTED, POSTS_PER_THREAD, Fanout, PostPacer, _outcome
-from chalicelib.management_api import DeliveryError, Gone, Throttled
+from chalicelib.management_api import DeliveryError, Gone
 
 PAYLOAD = b'{"type":1,"data":null,"received":0}'
 
@@ -106,7 +106,7 @@ def test_throttled_posts_are_retried_alone_until_they_pass():
     def throttle_a(connection_id, payload):
         if answers[connection_id] > 0:
             answers[connection_id] -= 1
-            raise Throttled(connection_id, 429, "LimitExceededException")
+            raise DeliveryError(connection_id, 429, "LimitExceededException", retryable=True)
 
     fanout = Fanout(posts_in_flight=4, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
     report = fanout.deliver(post_many, PAYLOAD, ["a", "b"], deadline=far_deadline())
@@ -143,7 +143,7 @@ def test_only_failures_that_were_not_delivered_are_posted_again(failure, retried
 
 def test_throttling_that_never_ends_is_counted_as_failed():
     def post(connection_id, payload):
-        raise Throttled(connection_id, 429, "LimitExceededException")
+        raise DeliveryError(connection_id, 429, "LimitExceededException", retryable=True)
 
     fanout = Fanout(posts_in_flight=1, max_attempts=3, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
     report = fanout.deliver(one_by_one(post), PAYLOAD, ["a"], deadline=far_deadline())
