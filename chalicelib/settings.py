@@ -128,14 +128,13 @@ class Settings:
             redis_cluster=_flag(env, "REDIS_CLUSTER"),
             redis_key_prefix=_key_prefix(env),
             redis_socket_timeout_seconds=_number(
-                env, "REDIS_SOCKET_TIMEOUT_SECONDS", float, 2.0, low=0.05, high=30
+                env, "REDIS_SOCKET_TIMEOUT_SECONDS", float, low=0.05, high=30
             ),
-            fanout_workers=_number(env, "FANOUT_WORKERS", int, 64, low=1, high=512),
+            fanout_workers=_number(env, "FANOUT_WORKERS", int, low=1, high=512),
             connection_max_age_seconds=_number(
                 env,
                 "CONNECTION_MAX_AGE_SECONDS",
                 int,
-                API_GATEWAY_MAX_CONNECTION_SECONDS,
                 low=1,
                 high=API_GATEWAY_MAX_CONNECTION_SECONDS,
             ),
@@ -143,7 +142,6 @@ class Settings:
                 env,
                 "PUBLISH_DEADLINE_SECONDS",
                 float,
-                25.0,
                 low=0.1,
                 high=API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS - 1,
             ),
@@ -151,37 +149,33 @@ class Settings:
             redis_auth=_redis_auth(env),
             auth=_auth(env),
             allowed_origins=_origins(env),
-            publish_rate_per_second=_number(env, "PUBLISH_RATE_PER_SECOND", float, 5.0, low=0, high=1000),
-            publish_burst=_number(env, "PUBLISH_BURST", int, 20, low=1, high=100_000),
-            publish_rate_per_user=_number(env, "PUBLISH_RATE_PER_USER", float, 0.0, low=0, high=100_000),
-            max_posts_per_second=_number(env, "MAX_POSTS_PER_SECOND", int, 5000, low=0, high=1_000_000),
-            channels_per_connection=_number(env, "CHANNELS_PER_CONNECTION", int, 20, low=1, high=1000),
+            publish_rate_per_second=_number(env, "PUBLISH_RATE_PER_SECOND", float, low=0, high=1000),
+            publish_burst=_number(env, "PUBLISH_BURST", int, low=1, high=100_000),
+            publish_rate_per_user=_number(env, "PUBLISH_RATE_PER_USER", float, low=0, high=100_000),
+            max_posts_per_second=_number(env, "MAX_POSTS_PER_SECOND", int, low=0, high=1_000_000),
+            channels_per_connection=_number(env, "CHANNELS_PER_CONNECTION", int, low=1, high=1000),
             websocket_api_id=env.get("WEBSOCKET_API_ID", "").strip() or None,
-            websocket_api_stage=env.get("WEBSOCKET_API_STAGE", "").strip() or "api",
-            registry_shards=_number(env, "REGISTRY_SHARDS", int, 1, low=1, high=MAX_REGISTRY_SHARDS),
+            websocket_api_stage=env.get("WEBSOCKET_API_STAGE", "").strip() or _default("WEBSOCKET_API_STAGE"),
+            registry_shards=_number(env, "REGISTRY_SHARDS", int, low=1, high=MAX_REGISTRY_SHARDS),
             fanout_queue_url=_queue_url(env),
-            fanout_inline_max=_number(
-                env, "FANOUT_INLINE_MAX", int, FANOUT_INLINE_MAX_DEFAULT, low=1, high=1_000_000
-            ),
+            fanout_inline_max=_number(env, "FANOUT_INLINE_MAX", int, low=1, high=1_000_000),
             fanout_queue_backlog_seconds=_number(
                 env,
                 "FANOUT_QUEUE_BACKLOG_SECONDS",
                 float,
-                FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT,
                 low=1,
                 high=API_GATEWAY_MAX_CONNECTION_SECONDS,
             ),
             metrics_namespace=_metrics_namespace(env),
-            history_size=_number(env, "HISTORY_SIZE", int, HISTORY_SIZE_DEFAULT, low=0, high=10_000),
+            history_size=_number(env, "HISTORY_SIZE", int, low=0, high=10_000),
             history_ttl_seconds=_number(
                 env,
                 "HISTORY_TTL_SECONDS",
                 int,
-                HISTORY_TTL_SECONDS_DEFAULT,
                 low=1,
                 high=API_GATEWAY_MAX_CONNECTION_SECONDS,
             ),
-            presence_max=_number(env, "PRESENCE_MAX", int, PRESENCE_MAX_DEFAULT, low=1, high=10_000),
+            presence_max=_number(env, "PRESENCE_MAX", int, low=1, high=10_000),
         )
 
     @property
@@ -229,7 +223,7 @@ def _region(env: Mapping[str, str]) -> str:
 
 
 def _key_prefix(env: Mapping[str, str]) -> str:
-    prefix = env.get("REDIS_KEY_PREFIX", "wsbroadcast")
+    prefix = env.get("REDIS_KEY_PREFIX", _default("REDIS_KEY_PREFIX"))
     if not _PREFIX_PATTERN.match(prefix):
         raise SettingsError(
             "REDIS_KEY_PREFIX must be 1 to 64 characters of letters, digits, '_', '.', ':' or '-' "
@@ -247,10 +241,16 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise SettingsError(f"{name} must be true or false, got {env[name]!r}")
 
 
-def _number(env, name, kind, default, *, low, high):
+def _default(name: str):
+    """The default of the variable ``name``: the default of its field (the lowercased name), the one
+    place it is written."""
+    return Settings.__dataclass_fields__[name.lower()].default
+
+
+def _number(env, name, kind, *, low, high):
     raw = env.get(name)
     if raw is None or raw.strip() == "":
-        return default
+        return _default(name)
     try:
         value = kind(raw)
     except ValueError:

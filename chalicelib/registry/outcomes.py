@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chalicelib.settings import FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT
+from chalicelib.settings import (
+    FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT,
+    HISTORY_TTL_SECONDS_DEFAULT,
+    PRESENCE_MAX_DEFAULT,
+)
 
 
 class RegistryUnavailable(Exception):
@@ -88,8 +92,8 @@ class History:
     expiring ``ttl_seconds`` after its last publish; and how many users a presence answer lists."""
 
     size: int = 0
-    ttl_seconds: int = 600
-    presence_max: int = 100
+    ttl_seconds: int = HISTORY_TTL_SECONDS_DEFAULT
+    presence_max: int = PRESENCE_MAX_DEFAULT
 
 
 @dataclass(frozen=True)

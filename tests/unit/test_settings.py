@@ -17,6 +17,13 @@ def test_defaults():
     assert settings.redis_key_prefix == "wsbroadcast"
 
 
+def test_an_unset_or_empty_variable_takes_the_same_default_as_a_settings_built_in_code():
+    built = Settings(redis_url=BASE["REDIS_URL"], aws_region=BASE["AWS_REGION"])
+    assert Settings.from_env(BASE) == built
+    blank = dict.fromkeys(["FANOUT_WORKERS", "HISTORY_SIZE", "PRESENCE_MAX", "WEBSOCKET_API_STAGE"], " ")
+    assert Settings.from_env({**BASE, **blank}) == built
+
+
 def test_every_variable_is_read():
     settings = Settings.from_env(
         {
