@@ -16,7 +16,7 @@ import boto3
 from chalice import Chalice, IAMAuthorizer, Response
 from chalice.app import SQSEvent, WebsocketEvent
 
-from chalicelib import metrics
+from chalicelib import metrics, wiring
 from chalicelib.broadcast import Broadcaster
 from chalicelib.gateway_event import GatewayEvent
 from chalicelib.log import invocation_keys, request_id_of
@@ -29,21 +29,20 @@ app.websocket_api.session = boto3.session.Session()
 
 
 @functools.cache
-def configured() -> tuple[Settings, Broadcaster]:
+def configured() -> wiring.Service:
     """Read the settings and build the service once; a bad setting raises on every call until fixed."""
-    settings = Settings.from_env(os.environ)
-    return settings, Broadcaster.from_settings(settings, app.websocket_api.session)
+    return wiring.service(Settings.from_env(os.environ), app.websocket_api.session)
 
 
 def broadcaster() -> Broadcaster:
-    return configured()[1]
+    return configured().broadcaster
 
 
 @contextlib.contextmanager
 def _invocation(context, *, connection_id: str, route: str) -> Iterator[None]:
     """What every invocation has around it: its log lines' keys, and its one EMF metrics document
     (written on the way out, whatever the outcome), as Powertools' logger and metrics decorators do."""
-    namespace = configured()[0].metrics_namespace
+    namespace = configured().settings.metrics_namespace
     with (
         invocation_keys(request_id=request_id_of(context), connection_id=connection_id, route=route),
         metrics.recording(namespace, context.function_name),
@@ -90,7 +89,7 @@ def fanout_worker(event: SQSEvent) -> dict:
     context = event.context
     with _invocation(context, connection_id="", route="fanout"):
         records = [(record.to_dict()["messageId"], record.body) for record in event]
-        retry = broadcaster().deliver_jobs(records, context.get_remaining_time_in_millis() / 1000)
+        retry = configured().worker.deliver_jobs(records, context.get_remaining_time_in_millis() / 1000)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
 
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from chalicelib.envelope import CHANNEL_CHARACTERS, CHANNEL_NAME, MAX_CHANNEL_LENGTH
+from chalicelib.errors import ServiceError
 
 SUBPROTOCOL = "wsbroadcast"
 _BEARER_SUBPROTOCOL_PREFIX = "bearer."
@@ -41,18 +43,16 @@ _CHANNEL_PATTERN = re.compile(
 )
 
 
-class Refused(Exception):
-    """The handshake is refused with ``status``; ``reason`` is safe to log and to show the client."""
+class Refused(ServiceError):
+    """The handshake is refused with ``status``; ``text`` is safe to log and to show the client."""
 
-    status = 401
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 class Unauthorized(Refused):
-    status = 401
+    status = HTTPStatus.UNAUTHORIZED
 
 
 class MissingToken(Unauthorized):
@@ -62,11 +62,11 @@ class MissingToken(Unauthorized):
 
 
 class Forbidden(Refused):
-    status = 403
+    status = HTTPStatus.FORBIDDEN
 
 
 class AuthUnavailable(Refused):
-    status = 503
+    status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 class TokenVerifier(Protocol):

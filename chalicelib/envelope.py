@@ -24,9 +24,13 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import partial
+from http import HTTPStatus
 from itertools import accumulate
 from typing import Any
+
+from chalicelib.errors import ServiceError
 
 # API Gateway's limit for one WebSocket message; a post over it is refused with 413.
 MAX_MESSAGE_BYTES = 128 * 1024
@@ -75,13 +79,19 @@ _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _NESTING = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(ServiceError, ValueError):
     """The sender's message cannot be published; ``code`` is stable, ``message`` says how to fix it."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
-        self.message = message
+        self.message = self.text = message
+
+    @property
+    def status(self) -> HTTPStatus:
+        return (
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE if self.code == MESSAGE_TOO_LARGE else HTTPStatus.BAD_REQUEST
+        )
 
 
 @dataclass(frozen=True)
@@ -102,12 +112,24 @@ class Since:
     epoch: str
 
 
+class ChannelAction(StrEnum):
+    """A request about one channel; ``acknowledged`` is its answer's action."""
+
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    PRESENCE = "presence"
+
+    @property
+    def acknowledged(self) -> str:
+        return {"subscribe": "subscribed", "unsubscribe": "unsubscribed"}.get(self.value, self.value)
+
+
 @dataclass(frozen=True)
 class ChannelRequest:
     """``{"action": "subscribe" | "unsubscribe" | "presence", "channel": ...}``; a subscribe's ``since``
     asks for what was published after it."""
 
-    action: str
+    action: ChannelAction
     channel: str
     since: Since | None = None
 
@@ -171,18 +193,25 @@ def parse(body: str | bytes | None) -> Publication | ChannelRequest | Resume | o
 def parse_channels(listed: str | None) -> tuple[str, ...]:
     """The ``?channels=room-1,room-2`` of a handshake, each name checked; empty when there is none."""
     names = [name.strip() for name in (listed or "").split(",") if name.strip()]
-    return tuple(dict.fromkeys(_channel(name) for name in names))
+    try:
+        return tuple(dict.fromkeys(_channel(name) for name in names))
+    except InvalidMessage as problem:
+        raise InvalidMessage(problem.code, f"?channels=: {problem.message}") from None
 
 
 def _action(document: dict) -> ChannelRequest | Resume | object:
     action = document["action"]
     if action == "ping":
         return PING
-    if action in ("subscribe", "unsubscribe", "presence"):
+    if action in tuple(ChannelAction):
         if "channel" not in document:
             raise InvalidMessage(INVALID_CHANNEL, f'"{action}" needs a "channel", e.g. "channel": "room-1"')
-        since = _since(document["since"]) if action == "subscribe" and "since" in document else None
-        return ChannelRequest(action=action, channel=_channel(document["channel"]), since=since)
+        since = (
+            _since(document["since"]) if action == ChannelAction.SUBSCRIBE and "since" in document else None
+        )
+        return ChannelRequest(
+            action=ChannelAction(action), channel=_channel(document["channel"]), since=since
+        )
     if action == "resume":
         return Resume(since=_since(document.get("since")))
     raise InvalidMessage(
@@ -278,7 +307,7 @@ def encode_ack(
     """``{"action": "subscribed" | "unsubscribed", "channel": ...}`` to the sender of the request; with
     history, a subscribe's ``offset`` and ``epoch`` (the stream's latest), and ``recovered`` when it
     asked for what it missed."""
-    reply: dict[str, Any] = {"action": f"{request.action}d", "channel": request.channel}
+    reply: dict[str, Any] = {"action": request.action.acknowledged, "channel": request.channel}
     return _dumps({**reply, **_recovery_fields(position, recovered), **({"lost": True} if lost else {})})
 
 

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from chalicelib.management_api import DeliveryError, Gone
 
@@ -27,14 +28,27 @@ from chalicelib.management_api import DeliveryError, Gone
 # value); returns each one's failure, or None where delivered.
 PostMany = Callable[[Sequence[str], bytes, float], list[DeliveryError | None]]
 
-DEADLINE_EXCEEDED = "deadline exceeded"
-_BUDGET_DEADLINE = "deadline exceeded waiting for the post budget"
-_NOT_STARTED = "deadline exceeded before it was posted"
-# Outcomes of recipients that were certainly not posted to: sending to them again is no retry.
-NEVER_POSTED = frozenset({_BUDGET_DEADLINE, _NOT_STARTED})
-_GONE = "gone"  # the outcome of a 410; every other failure's outcome is its status and reason
+
+class Outcome(StrEnum):
+    """A recipient's outcome that is a state rather than an answer's status and reason; its value is
+    the text its log line shows."""
+
+    GONE = "gone"  # a 410: the connection leaves the registry
+    DEADLINE_EXCEEDED = "deadline exceeded"  # in flight when the deadline came: perhaps posted
+    BUDGET_DEADLINE = "deadline exceeded waiting for the post budget"
+    NOT_STARTED = "deadline exceeded before it was posted"
+
+
+def never_posted(outcome: str) -> bool:
+    """Whether a failed recipient's outcome (``DeliveryReport.failed``) says it was certainly not posted
+    to: sending to it again is no retry."""
+    return outcome in (Outcome.BUDGET_DEADLINE, Outcome.NOT_STARTED)
+
+
 # Chosen by measurement against 1 and 8 (bench/README.md).
 POSTS_PER_THREAD = 4
+# Time a handler keeps back from Lambda's remaining time, to log and return after a fan-out's deadline.
+RETURN_MARGIN_SECONDS = 1.0
 # How long ``deliver`` waits past the deadline for posts to notice it (each is bounded by it).
 _DEADLINE_GRACE_SECONDS = 0.5
 
@@ -114,7 +128,7 @@ class Fanout:
                 break
             # Wakes at once when the publish is over, so no worker outlives its deadline asleep.
             if delivery.over.wait(backoff):
-                return DEADLINE_EXCEEDED
+                return Outcome.DEADLINE_EXCEEDED
             (failure,) = post_many([connection_id], payload, deadline)
             attempts += 1
             if failure is None or not failure.retryable:
@@ -126,17 +140,17 @@ class NotPosted(DeliveryError):
     """A post the pacer held back past the deadline: it never left."""
 
     def __init__(self, connection_id: str) -> None:
-        super().__init__(connection_id, None, _BUDGET_DEADLINE)
+        super().__init__(connection_id, None, Outcome.BUDGET_DEADLINE)
 
 
 def _outcome(failure: DeliveryError | None) -> str | None:
-    """None when delivered, ``_GONE`` for a 410, else the reason to log."""
+    """None when delivered, an ``Outcome`` for a state, else the answer's status and reason, to log."""
     if failure is None:
         return None
     if isinstance(failure, Gone):
-        return _GONE
+        return Outcome.GONE
     if isinstance(failure, NotPosted):
-        return _BUDGET_DEADLINE
+        return Outcome.BUDGET_DEADLINE
     return f"{failure.status or 'no answer'} {failure.reason}"
 
 
@@ -164,7 +178,7 @@ class _Delivery:
             self._in_flight.discard(connection_id)
             if outcome is None:
                 self._report.delivered += 1
-            elif outcome == _GONE:
+            elif outcome == Outcome.GONE:
                 self._report.gone.append(connection_id)
             else:
                 self._report.failed[connection_id] = outcome
@@ -173,9 +187,9 @@ class _Delivery:
         """The outcomes so far; whatever is still pending or in flight counts as failed by the deadline."""
         with self._lock:
             for connection_id in self._in_flight:
-                self._report.failed[connection_id] = DEADLINE_EXCEEDED
+                self._report.failed[connection_id] = Outcome.DEADLINE_EXCEEDED
             for connection_id in self._pending:
-                self._report.failed[connection_id] = _NOT_STARTED
+                self._report.failed[connection_id] = Outcome.NOT_STARTED
             self._in_flight.clear()
             self._pending.clear()
             return DeliveryReport(

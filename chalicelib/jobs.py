@@ -22,6 +22,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib import metrics
+from chalicelib.log import logger
+
 # SQS: a message, and a SendMessageBatch request, are at most 256 KiB; a batch is at most 10 entries.
 MAX_BODY_BYTES = 256 * 1024
 MAX_BATCH_ENTRIES = 10
@@ -122,6 +125,15 @@ class JobQueue:
         self._queue_url = queue_url
         self._client_factory = client_factory
         self._client: Any = None
+
+    def queue(self, jobs: Sequence[Job], what: str) -> list[Job]:
+        """Queue jobs (``what`` they are, for the log); log each SQS refused and return those (empty:
+        all queued)."""
+        failed = self.send(jobs)
+        metrics.current().count(metrics.QUEUED_JOBS, len(jobs) - len(failed))
+        for _, reason in failed:
+            logger.error(f"job not queued ({what})", extra={"reason": reason})
+        return [job for job, _ in failed]
 
     def send(self, jobs: Sequence[Job]) -> list[tuple[Job, str]]:
         """Queue every job; return those SQS did not take, each with the reason (empty: all queued)."""

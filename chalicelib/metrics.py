@@ -18,7 +18,7 @@ on the way out, even after an exception); the use cases record their outcomes in
 
     with metrics.recording(settings.metrics_namespace, context.function_name):
         ...
-        metrics.current().delivery(report.recipients, report.delivered, gone, failed, elapsed_ms)
+        metrics.current().delivery(report, elapsed_ms)
 
 Outside ``recording`` (unit tests, scripts), ``current()`` is a recorder nobody writes out.
 """
@@ -31,8 +31,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from chalicelib.settings import METRICS_NAMESPACE_DEFAULT as NAMESPACE_DEFAULT
+
+if TYPE_CHECKING:
+    from chalicelib.fanout import DeliveryReport
 
 # Metric names. Counts unless said otherwise.
 DELIVERED = "Delivered"  # posts API Gateway accepted
@@ -125,12 +129,12 @@ class Metrics:
         self._reason = reason
         self._counts[CONNECT_REFUSED] = self._counts.get(CONNECT_REFUSED, 0) + 1
 
-    def delivery(self, recipients: int, delivered: int, gone: int, failed: int, elapsed_ms: float) -> None:
-        """A fan-out's outcome (an inline publish or a queued job), in one call."""
-        self.count(RECIPIENTS, recipients)
-        self.count(DELIVERED, delivered)
-        self.count(GONE, gone)
-        self.count(FAILED, failed)
+    def delivery(self, report: DeliveryReport, elapsed_ms: float) -> None:
+        """A fan-out's outcome (an inline publish or a queued job), the figures its log line has."""
+        self.count(RECIPIENTS, report.recipients)
+        self.count(DELIVERED, report.delivered)
+        self.count(GONE, len(report.gone))
+        self.count(FAILED, len(report.failed))
         self.duration_ms(FANOUT_DURATION, elapsed_ms)
 
     def document(self) -> dict | None:

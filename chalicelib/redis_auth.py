@@ -28,7 +28,7 @@ from botocore.awsrequest import AWSRequest
 from redis.credentials import CredentialProvider
 from redis.exceptions import RedisError
 
-from chalicelib.settings import Settings
+from chalicelib.settings import RedisAuthMode, Settings
 
 SERVICE_NAME = "elasticache"
 # ElastiCache accepts at most 15 minutes.
@@ -107,7 +107,7 @@ def credential_provider(settings: Settings, session: Any = None) -> CredentialPr
     the app's boto3 session; without one, botocore's default credential chain is used.
     """
     auth = settings.redis_auth
-    if auth.mode != "iam":
+    if auth.mode != RedisAuthMode.IAM:
         return None
     if session is None:
         session = botocore.session.get_session()

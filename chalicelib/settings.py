@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from urllib.parse import urlsplit
 
 from chalicelib.auth import canonical_origin
@@ -45,8 +46,16 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
 
-REDIS_AUTH_MODES = ("none", "iam")
-AUTH_MODES = ("jwt", "none")
+class RedisAuthMode(StrEnum):
+    NONE = "none"  # REDIS_URL says it all
+    IAM = "iam"  # ElastiCache IAM authentication
+
+
+class AuthMode(StrEnum):
+    JWT = "jwt"  # only clients with a valid token
+    NONE = "none"  # anyone: written explicitly, never a default
+
+
 # HS256 needs a key at least as long as its hash (RFC 7518, 3.2).
 MIN_SECRET_BYTES = 32
 # Clock skew tolerated on exp, nbf and iat between the token's issuer and Lambda.
@@ -66,7 +75,7 @@ class RedisAuth:
     region ``Settings.aws_region``.
     """
 
-    mode: str = "none"
+    mode: RedisAuthMode = RedisAuthMode.NONE
     user_id: str | None = None
     cache_name: str | None = None
 
@@ -80,7 +89,7 @@ class AuthSettings:
     ``jwt_secret_parameter`` (the name of an SSM Parameter Store SecureString holding it: prod).
     """
 
-    mode: str
+    mode: AuthMode
     jwks_url: str | None = None
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_secret_parameter: str | None = None
@@ -101,7 +110,7 @@ class Settings:
     publish_deadline_seconds: float = 25.0
     management_api_endpoint_override: str | None = None
     redis_auth: RedisAuth = RedisAuth()
-    auth: AuthSettings = AuthSettings(mode="none")
+    auth: AuthSettings = AuthSettings(mode=AuthMode.NONE)
     allowed_origins: tuple[str, ...] = ()
     publish_rate_per_second: float = 5.0
     publish_burst: int = 20
@@ -308,14 +317,14 @@ def _redact(url: str) -> str:
 
 def _redis_auth(env: Mapping[str, str]) -> RedisAuth:
     mode = env.get("REDIS_AUTH", "").strip().lower() or "none"
-    if mode not in REDIS_AUTH_MODES:
+    if mode not in tuple(RedisAuthMode):
         raise SettingsError(
-            f"REDIS_AUTH must be one of {', '.join(REDIS_AUTH_MODES)} (none: REDIS_URL says it all; "
+            f"REDIS_AUTH must be one of {', '.join(RedisAuthMode)} (none: REDIS_URL says it all; "
             f"iam: ElastiCache IAM authentication), got {env.get('REDIS_AUTH')!r}"
         )
     user_id = env.get("REDIS_IAM_USER_ID", "").strip()
     cache_name = env.get("REDIS_IAM_CACHE_NAME", "").strip()
-    if mode == "none":
+    if mode == RedisAuthMode.NONE:
         for name, value in (("REDIS_IAM_USER_ID", user_id), ("REDIS_IAM_CACHE_NAME", cache_name)):
             if value:
                 raise SettingsError(
@@ -335,7 +344,7 @@ def _redis_auth(env: Mapping[str, str]) -> RedisAuth:
             "password, e.g. rediss://HOST:6379/0"
         )
     return RedisAuth(
-        mode=mode,
+        mode=RedisAuthMode(mode),
         user_id=_elasticache_id(
             "REDIS_IAM_USER_ID", user_id, "the ElastiCache user id with authentication mode iam"
         ),
@@ -358,7 +367,7 @@ def _elasticache_id(name: str, value: str, what: str) -> str:
 
 def _auth(env: Mapping[str, str]) -> AuthSettings:
     mode = env.get("AUTH_MODE", "").strip().lower()
-    if mode not in AUTH_MODES:
+    if mode not in tuple(AuthMode):
         raise SettingsError(
             f"AUTH_MODE must be jwt or none, got {env.get('AUTH_MODE', '')!r}: jwt admits only clients "
             "with a valid token (set AUTH_JWKS_URL, AUTH_JWT_SECRET_PARAMETER or AUTH_JWT_SECRET, plus "
@@ -366,14 +375,14 @@ def _auth(env: Mapping[str, str]) -> AuthSettings:
         )
     names = ("AUTH_JWKS_URL", "AUTH_JWT_SECRET", "AUTH_JWT_SECRET_PARAMETER", "AUTH_ISSUER", "AUTH_AUDIENCE")
     values = {name: env.get(name, "").strip() for name in names}
-    if mode == "none":
+    if mode == AuthMode.NONE:
         for name, value in values.items():
             if value:
                 raise SettingsError(
                     f"{name} is set but AUTH_MODE is none, which admits anyone: set AUTH_MODE=jwt to "
                     f"verify tokens, or remove {name}"
                 )
-        return AuthSettings(mode="none")
+        return AuthSettings(mode=AuthMode.NONE)
     sources = [name for name in names[:3] if values[name]]
     if len(sources) != 1:
         raise SettingsError(
@@ -402,7 +411,7 @@ def _auth(env: Mapping[str, str]) -> AuthSettings:
     if secret is not None:
         check_secret_length(secret, "AUTH_JWT_SECRET")
     return AuthSettings(
-        mode="jwt",
+        mode=AuthMode.JWT,
         jwks_url=jwks_url,
         jwt_secret=secret,
         jwt_secret_parameter=values["AUTH_JWT_SECRET_PARAMETER"] or None,

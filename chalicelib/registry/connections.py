@@ -33,8 +33,8 @@ from chalicelib.registry.outcomes import (
     Snapshot,
     TooManyChannels,
 )
-from chalicelib.registry.scripts import Reply
-from chalicelib.settings import Settings
+from chalicelib.registry.scripts import BudgetMode, MessageMode, Reply
+from chalicelib.settings import AuthMode, Settings
 
 # Fields examined for staleness on every connect: enough to keep stale entries a minority.
 _PRUNE_SAMPLE_SIZE = 3
@@ -106,7 +106,7 @@ class ConnectionRegistry:
                 publish_rate_per_user=settings.publish_rate_per_user,
                 queue_backlog_seconds=settings.fanout_queue_backlog_seconds,
             ),
-            enforce_channel_permissions=settings.auth.mode == "jwt",
+            enforce_channel_permissions=settings.auth.mode == AuthMode.JWT,
             channels_per_connection=settings.channels_per_connection,
             shards=settings.registry_shards,
             inline_max=settings.fanout_inline_max if settings.fanout_queue_url else 0,
@@ -209,7 +209,7 @@ class ConnectionRegistry:
             return self._one_shard_publish(reply)
 
         def sender_checks() -> bool:
-            return self._run_message("check", sender, connected_at_ms, channel=channel)[1] == 1
+            return self._run_message(MessageMode.CHECK, sender, connected_at_ms, channel=channel)[1] == 1
 
         return self._sharded_publish(channel, payload, sender_checks)
 
@@ -217,13 +217,13 @@ class ConnectionRegistry:
         """A publish with no sender (``POST /publish``): the post budget, history, then the audience."""
         if self._shards == 1:
             return self._one_shard_publish(
-                self._run_message("publish", "", 0, channel=channel, echo=True, payload=payload)
+                self._run_message(MessageMode.PUBLISH, "", 0, channel=channel, echo=True, payload=payload)
             )
         return self._sharded_publish(channel, payload, None)
 
     def touch(self, sender: str, connected_at_ms: int) -> bool:
         """A keepalive: re-register the sender if Redis lost it (then True), counting against its rate."""
-        return self._run_message("ping", sender, connected_at_ms)[1] == 1
+        return self._run_message(MessageMode.PING, sender, connected_at_ms)[1] == 1
 
     def subscribe(
         self, sender: str, connected_at_ms: int, channel: str, since: tuple[int, str] | None = None
@@ -231,15 +231,15 @@ class ConnectionRegistry:
         """Join a channel (allowed by the token, within the per-connection count), and find its stream's
         position and, given ``since`` (offset, epoch), what the sender missed; one round trip with one
         shard. ``lost``: Redis had lost the sender."""
-        return self._join("subscribe", sender, connected_at_ms, channel, since)
+        return self._join(MessageMode.SUBSCRIBE, sender, connected_at_ms, channel, since)
 
     def resume(self, sender: str, connected_at_ms: int, since: tuple[int, str]) -> Joined:
         """What the sender missed of the messages to everyone since ``since``; a message like any other."""
-        return self._join("resume", sender, connected_at_ms, None, since)
+        return self._join(MessageMode.RESUME, sender, connected_at_ms, None, since)
 
     def presence(self, sender: str, connected_at_ms: int, channel: str) -> Presence:
         """Who is in a channel (the token must allow subscribing to it); a message like any other."""
-        reply = self._run_message("presence", sender, connected_at_ms, channel=channel)
+        reply = self._run_message(MessageMode.PRESENCE, sender, connected_at_ms, channel=channel)
         if self._shards == 1:
             entries = list(zip(reply[2::2], reply[3::2], strict=True))
         else:
@@ -260,7 +260,12 @@ class ConnectionRegistry:
         )
 
     def _join(
-        self, mode: str, sender: str, connected_at_ms: int, channel: str | None, since: tuple[int, str] | None
+        self,
+        mode: MessageMode,
+        sender: str,
+        connected_at_ms: int,
+        channel: str | None,
+        since: tuple[int, str] | None,
     ) -> Joined:
         reply = self._run_message(mode, sender, connected_at_ms, channel=channel, since=since)
         lost = int(reply[1]) == 1
@@ -281,7 +286,7 @@ class ConnectionRegistry:
         )
 
     def unsubscribe(self, sender: str, connected_at_ms: int, channel: str) -> bool:
-        return self._run_message("unsubscribe", sender, connected_at_ms, channel=channel)[1] == 1
+        return self._run_message(MessageMode.UNSUBSCRIBE, sender, connected_at_ms, channel=channel)[1] == 1
 
     def refuse(self, sender: str, connected_at_ms: int) -> None:
         """A message refused before it reached the registry (it did not parse): it takes the sender's
@@ -290,7 +295,7 @@ class ConnectionRegistry:
         Raise ``RateLimited`` when the sender is over its rate, ``ConnectionClosed`` as ``begin_publish``.
         """
         with contextlib.suppress(CallerRefusal):
-            self._run_message("refuse", sender, connected_at_ms)
+            self._run_message(MessageMode.REFUSE, sender, connected_at_ms)
 
     def read_shard(self, shard: int, channel: str | None = None) -> Snapshot:
         """One shard's part of an audience (a queued job's), in one command."""
@@ -305,7 +310,7 @@ class ConnectionRegistry:
         if self._limits.max_posts_per_second <= 0:
             return count, 0.0
         with unavailable_on_error():
-            _, granted, wait_ms = self._run_budget(count, "lease")
+            _, granted, wait_ms = self._run_budget(count, BudgetMode.LEASE)
         return int(granted), int(wait_ms) / 1000
 
     def forget(self, connection_ids: Iterable[str], channel: str | None = None) -> None:
@@ -362,7 +367,7 @@ class ConnectionRegistry:
                 return [Reply.GRANTED, cost, 0, ""]
             with unavailable_on_error():
                 reply = self._run_budget(
-                    cost, "queue" if queued else "take", channel=channel, payload=payload
+                    cost, BudgetMode.QUEUE if queued else BudgetMode.TAKE, channel=channel, payload=payload
                 )
             self._raise_refusal(reply)
             return reply
@@ -411,7 +416,9 @@ class ConnectionRegistry:
             args=[_POSITION_TTL_SECONDS, *since, self._limits.max_posts_per_second, self._bucket_now_ms()],
         )
 
-    def _run_budget(self, count: int, mode: str, *, channel: str | None = None, payload: bytes = b"") -> list:
+    def _run_budget(
+        self, count: int, mode: BudgetMode, *, channel: str | None = None, payload: bytes = b""
+    ) -> list:
         """The budgets' script: ``take`` (an inline publish's cost), ``queue`` (a queued one's), each with
         the stream's append, or ``lease`` (a worker's chunk)."""
         limits, history, keys = self._limits, self._history, self._keys
@@ -432,7 +439,7 @@ class ConnectionRegistry:
                     reserve=limits.inline_reserve,
                     backlog=limits.queue_backlog,
                     test_now=self._bucket_now_ms(),
-                    history_size=history.size if mode != "lease" else 0,
+                    history_size=history.size if mode != BudgetMode.LEASE else 0,
                     history_ttl=history.ttl_seconds,
                     position_ttl=_POSITION_TTL_SECONDS,
                     payload=payload,
@@ -442,7 +449,7 @@ class ConnectionRegistry:
 
     def _run_message(
         self,
-        mode: str,
+        mode: MessageMode,
         sender: str,
         connected_at_ms: int,
         *,
@@ -458,7 +465,7 @@ class ConnectionRegistry:
         seconds = connected_at_ms // 1000
         one_shard = self._shards == 1
         # resume recovers the messages to everyone; the others, the stream of the channel they name
-        stream = None if mode == "resume" else channel
+        stream = None if mode == MessageMode.RESUME else channel
         since_offset, since_epoch = since or (-1, "")
         keys = self._keys
         # Sharded, the budgets and the streams are not this script's (they are in another slot): their

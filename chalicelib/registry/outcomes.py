@@ -1,12 +1,15 @@
-"""What the registry answers: its exceptions (one root per kind of failure, each refusal saying whether
-to answer it), its settings objects (``Limits``, ``History``) and its outcomes (``Snapshot``, ``Queued``,
+"""What the registry answers: its exceptions (each a ``ServiceError`` with its status, code and text;
+each refusal of a message saying whether to answer it), its settings objects (``Limits``, ``History``) and its outcomes (``Snapshot``, ``Queued``,
 ``Joined``, ``Recovery``, ``Presence``). Plain data: no Redis here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 
+from chalicelib import envelope
+from chalicelib.errors import ServiceError
 from chalicelib.settings import (
     FANOUT_QUEUE_BACKLOG_SECONDS_DEFAULT,
     HISTORY_TTL_SECONDS_DEFAULT,
@@ -14,15 +17,20 @@ from chalicelib.settings import (
 )
 
 
-class RegistryUnavailable(Exception):
+class RegistryUnavailable(ServiceError):
     """Redis could not be reached or answered with an error; the registry is unchanged."""
 
+    status, code = HTTPStatus.SERVICE_UNAVAILABLE, envelope.REGISTRY_UNAVAILABLE
+    text = "the service cannot reach its connection registry; send the message again shortly"
 
-class InvalidConnectionId(ValueError):
+
+class InvalidConnectionId(ServiceError, ValueError):
     """A connection id that API Gateway would never issue; refused before it reaches Redis."""
 
+    text = "not an API Gateway connection id"
 
-class Refusal(Exception):
+
+class Refusal(ServiceError):
     """A message the registry refused; nothing was read or written but the sender's token.
 
     ``first``: whether to answer it. A refusal within the sender's rate always is; a refusal for a limit
@@ -30,27 +38,41 @@ class Refusal(Exception):
     error replies (each reply is a post).
     """
 
-    def __init__(self, text: str, *, first: bool = True) -> None:
-        super().__init__(text)
+    def __init__(self, detail: str, *, first: bool = True) -> None:
+        super().__init__(detail)
         self.first = first
 
 
 class OverLimit(Refusal):
-    """A publish refused by a limit. ``retry_after`` is in seconds."""
+    """A publish refused by a limit. ``retry_after`` is in seconds; ``text`` says how long to wait."""
 
     def __init__(self, retry_after: float, *, first: bool = True) -> None:
         super().__init__(f"retry after {retry_after:.3f} s", first=first)
         self.retry_after = retry_after
+
+    @property
+    def retry_after_ms(self) -> int:
+        return max(1, round(self.retry_after * 1000))
+
+    @property
+    def text(self) -> str:
+        return f"{self.limit_text}; send again in {self.retry_after_ms} ms"
 
 
 class RateLimited(OverLimit):
     """The sender is over ``PUBLISH_RATE_PER_SECOND`` / ``PUBLISH_BURST``, or its user over
     ``PUBLISH_RATE_PER_USER``."""
 
+    status, code = HTTPStatus.TOO_MANY_REQUESTS, envelope.RATE_LIMITED
+    limit_text = "you are sending faster than this service allows; nothing was published"
+
 
 class OverCapacity(OverLimit):
     """The whole API's post budget (``MAX_POSTS_PER_SECOND``), or the queue's backlog, cannot cover this
     publish now."""
+
+    status, code = HTTPStatus.SERVICE_UNAVAILABLE, envelope.OVER_CAPACITY
+    limit_text = "the service is at its delivery capacity; nothing was published"
 
 
 class ChannelRefused(Refusal):
@@ -60,21 +82,33 @@ class ChannelRefused(Refusal):
 class ChannelForbidden(ChannelRefused):
     """The connection's token does not allow this channel."""
 
+    status, code = HTTPStatus.FORBIDDEN, envelope.CHANNEL_FORBIDDEN
+
     def __init__(self, channel: str, *, first: bool = True) -> None:
         super().__init__(f"not allowed: {channel}", first=first)
         self.channel = channel
 
+    @property
+    def text(self) -> str:
+        return f'your token does not allow the channel {self.channel} (its "channels" claim)'
+
 
 class TooManyChannels(ChannelRefused):
     """The connection is already in ``CHANNELS_PER_CONNECTION`` channels."""
+
+    code = envelope.TOO_MANY_CHANNELS
+    text = "this would put the connection in more channels than CHANNELS_PER_CONNECTION allows"
 
 
 class CallerRefusal(Refusal):
     """The message script's answer to mode ``refuse``: the token is taken; ``first`` says whether to answer."""
 
 
-class ConnectionClosed(Exception):
-    """The sender's ``$disconnect`` has run: its message arrived late and is dropped, nothing written."""
+class ConnectionClosed(ServiceError):
+    """The sender's ``$disconnect`` has run: its message arrived late and is dropped, nothing written
+    and nothing answered."""
+
+    status = HTTPStatus.GONE
 
 
 # Inline publishes keep this much of a second's post budget (whole posts): the queue's workers lease only

@@ -10,7 +10,7 @@ Their answers start with a ``Reply``.
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,27 @@ class Reply(IntEnum):
     QUEUED = 5  # an audience past the inline max: counted and admitted, not read
     CLOSED = 6  # the sender's $disconnect has run
     REFUSED = 7  # the caller refused the message (mode refuse): its token is taken
+
+
+class MessageMode(StrEnum):
+    """What the message script does for its caller (its ARGV ``mode``)."""
+
+    PUBLISH = "publish"
+    CHECK = "check"  # a sharded publish's sender checks: its budget and audience are read apart
+    PING = "ping"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    RESUME = "resume"
+    PRESENCE = "presence"
+    REFUSE = "refuse"  # a message that failed to parse: only the sender's token is taken
+
+
+class BudgetMode(StrEnum):
+    """What the budget script does (its ARGV ``mode``)."""
+
+    TAKE = "take"  # an inline publish's posts
+    QUEUE = "queue"  # a queued broadcast, against the queue's budget
+    LEASE = "lease"  # a worker's posts, beyond the inline reserve
 
 
 @dataclass(frozen=True)
@@ -51,7 +72,7 @@ class MessageArgs:
     rate: float
     burst: int
     budget: int  # posts a second
-    mode: str  # publish, check, ping, subscribe, unsubscribe, resume, presence, refuse
+    mode: MessageMode
     channel: str  # '' for every connection
     echo: bool
     enforce: bool  # channel permissions
@@ -84,7 +105,7 @@ class BudgetKeys:
 class BudgetArgs:
     budget: int
     count: int
-    mode: str  # take, queue, lease
+    mode: BudgetMode
     reserve: int
     backlog: float
     test_now: int

@@ -57,7 +57,7 @@ def test_without_a_token_the_handshake_is_refused_with_401(gatekeeper, headers, 
     with pytest.raises(Unauthorized) as refusal:
         gatekeeper.admit(headers, query)
     assert refusal.value.status == 401
-    assert "token is required" in refusal.value.reason
+    assert "token is required" in refusal.value.text
 
 
 def test_an_invalid_token_is_refused_with_401(gatekeeper):

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.fanout import Outcome
 from chalicelib.jobs import MAX_BATCH_ENTRIES, MAX_BODY_BYTES, InvalidJob, Job, JobQueue
+from chalicelib.worker import MAX_JOB_ATTEMPTS, jobs_again
 
 CONNECTION_ID = st.text(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", min_size=16, max_size=16
@@ -130,3 +132,21 @@ def test_recipient_jobs_hold_at_most_what_one_invocation_should_carry_and_long_i
     long_ids = [f"{index:0127d}=" for index in range(5_000)]
     jobs = job().for_recipients(long_ids, attempt=1, most=10_000)
     assert len(jobs) > 1 and all(len(j.to_body().encode()) <= MAX_BODY_BYTES for j in jobs)
+
+
+@pytest.mark.parametrize("attempt", [1, MAX_JOB_ATTEMPTS])
+def test_what_goes_again_never_posted_as_the_same_attempt_tried_as_the_next_until_the_last(attempt):
+    failed = {
+        "never-1": Outcome.NOT_STARTED,
+        "never-2": Outcome.BUDGET_DEADLINE,
+        "tried-1": Outcome.DEADLINE_EXCEEDED,
+        "tried-2": "500 InternalServerErrorException after 5 attempts",
+    }
+    again, given_up = jobs_again(job(attempt=attempt), failed, most=10)
+    by_attempt = {j.attempt: sorted(j.recipients) for j in again}
+    if attempt < MAX_JOB_ATTEMPTS:
+        assert by_attempt == {attempt: ["never-1", "never-2"], attempt + 1: ["tried-1", "tried-2"]}
+        assert given_up == 0
+    else:
+        assert by_attempt == {attempt: ["never-1", "never-2"]}, "sending to them again is no retry"
+        assert given_up == 2

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chalicelib import metrics
+from chalicelib.fanout import DeliveryReport
 from chalicelib.metrics import Metrics
 from tests.support.emf import UNITS, emf_problems
 
@@ -30,7 +31,8 @@ def test_a_publish_becomes_one_document_with_the_function_as_its_dimension():
     # GIVEN a publish's outcome
     recorder = _recorder()
     recorder.count(metrics.PUBLISHED)
-    recorder.delivery(recipients=1000, delivered=990, gone=7, failed=3, elapsed_ms=412.5)
+    report = DeliveryReport(1000, 990, gone=[f"g{n}" for n in range(7)], failed=dict.fromkeys("abc", "500"))
+    recorder.delivery(report, elapsed_ms=412.5)
     # WHEN
     document = recorder.document()
     # THEN
