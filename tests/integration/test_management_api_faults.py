@@ -11,9 +11,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from chalicelib import management_api
 from chalicelib.fanout import Fanout
-from chalicelib.management_api import DeliveryError, ManagementApi
+from chalicelib.management_api import DeliveryError, ManagementApi, transport
 from testing.management_api import ManagementApiServer
 from testing.tls import make_certificates
 from tests.support.raw_http import ConnectProxy, Peer, RawServer, serve_forever
@@ -66,7 +65,7 @@ def test_a_server_that_trickles_is_cut_off_by_the_whole_answers_timeout(monkeypa
                 return
             peer.send(bytes([byte]))
 
-    monkeypatch.setattr(management_api, "READ_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(transport, "READ_TIMEOUT_SECONDS", 0.5)
     try:
         # WHEN a post waits for that answer, with its deadline far away
         with RawServer(trickle) as server, pytest.raises(DeliveryError) as caught:

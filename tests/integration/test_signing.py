@@ -119,7 +119,7 @@ def test_the_stand_in_refuses_a_post_for_another_host(management_api):
 
 
 def test_the_stand_in_refuses_a_post_signed_for_another_service(management_api, monkeypatch):
-    from chalicelib import management_api as module
+    from chalicelib.management_api import client as module
 
     monkeypatch.setattr(module, "SIGNING_SERVICE", "apigateway")
     refused(management_api, boto3.session.Session())
