@@ -144,7 +144,7 @@ class TcpProxy:
 
     def close(self) -> None:
         self.cut_all()
-        self._server.close()
+        self._run(self._server.close)  # on the loop: a flow that ends meanwhile touches the server too
         self._call(self._finish())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
