@@ -301,7 +301,7 @@ class ConnectionRegistry:
         """One shard's part of an audience (a queued job's), in one command."""
         with unavailable_on_error():
             entries = self._client.hgetall(self._keys.audience(channel, shard))
-        return self._snapshot(entries.items())
+        return self._snapshot(list(entries), list(entries.values()))
 
     def lease_posts(self, count: int) -> tuple[int, float]:
         """Take ``count`` posts from the whole API's budget, at most what it holds beyond the inline
@@ -346,7 +346,7 @@ class ConnectionRegistry:
         # reply[1], whether the sender had been lost, is for the replies a publish does not have
         if int(reply[0]) == Reply.QUEUED:
             return Queued(sizes={0: int(reply[2])}, suffix=reply[3])
-        return self._snapshot(zip(reply[3::2], reply[4::2], strict=True), suffix=reply[2])
+        return self._snapshot(reply[3::2], reply[4::2], suffix=reply[2])
 
     def _sharded_publish(
         self, channel: str | None, payload: bytes, sender_checks: Callable[[], bool] | None
@@ -375,7 +375,7 @@ class ConnectionRegistry:
         if queued:
             return Queued(sizes=sizes, suffix=admit()[3])
         reply, entries = self._side_by_side(admit, functools.partial(self._read, channel, sizes))
-        return self._snapshot(entries, suffix=reply[3])
+        return self._snapshot(*entries, suffix=reply[3])
 
     def _sizes(self, channel: str | None) -> dict[int, int]:
         """The audience's size in each shard that has members, in one pipeline."""
@@ -385,15 +385,20 @@ class ConnectionRegistry:
                 pipeline.hlen(self._keys.audience(channel, shard))
             return {shard: size for shard, size in enumerate(pipeline.execute()) if size}
 
-    def _read(self, channel: str | None, sizes: dict[int, int]) -> list[tuple[str, str]]:
-        """The audience's entries in the shards that have members, in one pipeline."""
+    def _read(self, channel: str | None, sizes: dict[int, int]) -> tuple[list[str], list[str]]:
+        """The audience's ids and their entries' values in the shards that have members, in one pipeline."""
+        ids: list[str] = []
+        values: list[str] = []
         if not sizes:
-            return []
+            return ids, values
         with unavailable_on_error():
             pipeline = self._client.pipeline(transaction=False)
             for shard in sizes:
                 pipeline.hgetall(self._keys.audience(channel, shard))
-            return [entry for shard_entries in pipeline.execute() for entry in shard_entries.items()]
+            for shard_entries in pipeline.execute():
+                ids += shard_entries
+                values += shard_entries.values()
+        return ids, values
 
     def _side_by_side(self, here: Callable[[], Any], there: Callable[[], Any]) -> tuple[Any, Any]:
         """Two requests to different slots at once: one round trip's wait, not two. ``there`` runs on the
@@ -518,11 +523,19 @@ class ConnectionRegistry:
         self._raise_refusal(reply)
         return reply
 
-    def _snapshot(self, entries: Iterable[tuple[str, str]], *, suffix: str = "") -> Snapshot:
+    def _snapshot(self, ids: list[str], values: list[str], *, suffix: str = "") -> Snapshot:
+        """The audience from its entries (``values[i]`` is ``ids[i]``'s: its connectedAt, perhaps
+        ``:principal`` after it), each live or stale, and the young among the live."""
         cutoff = self._stale_cutoff()
         young_since = int(self._clock()) - HANDSHAKE_WINDOW_SECONDS
+        # The usual audience, all live and none young, without a Python step per entry: the scripts
+        # write connectedAt as 10 digits (seconds until the year 2286), which order as text as they do
+        # as numbers, with ':' (below ';') before a principal. A value of another shape (written by
+        # hand) is classified by the loop below, unless it is all digits of another length.
+        if values and f"{cutoff};" < min(values) and max(values) < str(young_since):
+            return Snapshot(live=ids, stale=[], young=frozenset(), suffix=suffix)
         live, stale, young = [], [], []
-        for connection_id, value in entries:
+        for connection_id, value in zip(ids, values, strict=True):
             connected_at = _seconds(value)
             (stale if connected_at <= cutoff else live).append(connection_id)
             if connected_at >= young_since:
