@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 import websockets
 
-from bench.common import AWS_ENV, REPO, Figure, percentile
+from bench.common import AWS_ENV, REPO, Figure, at_most, percentile
 from testing.gateway_process import GatewayProcess
 from testing.redis_server import RedisServer
 
@@ -141,7 +141,7 @@ def run(tmp_dir: Path) -> list[Figure]:
                         percentile(ours, fraction),
                         ideal,
                         f"ideal ceil(N/{SHIPPED_WORKERS}) x latency",
-                        "<= 1.5" if clients == GOAL_CLIENTS else "",
+                        at_most(1.5) if clients == GOAL_CLIENTS else None,
                     )
                 )
             for strategy, label in (
@@ -158,7 +158,11 @@ def run(tmp_dir: Path) -> list[Figure]:
                     repeats=baseline_repeats,
                     env={"BASELINE_STRATEGY": strategy},
                 )
-                goal = "<= 0.033 (30x)" if strategy == "sequential" and clients == GOAL_CLIENTS else ""
+                goal = (
+                    at_most(0.033, "30x faster")
+                    if strategy == "sequential" and clients == GOAL_CLIENTS
+                    else None
+                )
                 figures.append(
                     Figure(
                         "fan-out latency",
