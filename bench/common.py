@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import operator
@@ -10,7 +11,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from botocore.httpsession import get_cert_path
+
 from testing.aws import DUMMY_AWS_ENV
+from testing.tls import TlsFiles, make_certificates
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -94,6 +98,16 @@ class Figure:
     def as_dict(self) -> dict:
         ratio = None if self.ratio is None else round(self.ratio, 4)
         return {**asdict(self), "goal": str(self.goal or ""), "ratio": ratio, "met": self.met}
+
+
+def https_files(folder: Path) -> TlsFiles:
+    """A server certificate from a throwaway CA; its ``ca_cert`` is the bundle to trust it by (for
+    AWS_CA_BUNDLE): botocore's default bundle with the CA appended, since every TLS dial loads the
+    whole bundle, and on AWS that is botocore's default one."""
+    files = make_certificates(folder)
+    bundle = folder / "ca-bundle.pem"
+    bundle.write_text(Path(get_cert_path(True)).read_text() + "\n" + files.ca_cert.read_text())
+    return dataclasses.replace(files, ca_cert=bundle)
 
 
 def percentile(values: list[float], fraction: float) -> float:
