@@ -6,6 +6,11 @@ stops when the last of the others has received it. Ours is compared, in the same
 after another (the Go reference's way, boto3), with Chalice's ``app.websocket_api.send`` in a loop
 (its tutorial's way), and with the ideal bound ceil(recipients / workers) x latency.
 
+At N = 1000 ours runs over HTTPS too, as every post on AWS is: the app posts to a TLS-terminating
+proxy in front of the gateway's Management API (bench/tls_terminator.py), so its transport encrypts
+every post and verifies the proxy's certificate; the uncounted first publish opens its connections,
+so the handshakes of a cold start are bench/first_publish.py's figure, not this one's.
+
 A sweep over the worker count at N = 1000 is what the default of ``FANOUT_WORKERS`` rests on.
 """
 
