@@ -1,6 +1,8 @@
 """`make bench`: every benchmark in one run, each figure beside its baseline, as a ratio.
 
-python -m bench [NAME ...]     (names: cpu, connect, redis, rtt, channels, history, backend, coldstart, metrics, fanout, scale; default: all)
+python -m bench [NAME ...]     (names: cpu, firstpublish, connect, redis, rtt, channels, history, backend,
+                               coldstart, metrics, fanout, fanout-https, scale; default: all but
+                               fanout-https, a part of fanout on its own)
 
 BENCH_SCALE_MILLION=1 adds the scale suite's broadcast to 1 000 000 (about 10 minutes).
 """
@@ -26,6 +28,7 @@ def main() -> None:
         connect_cpu,
         cpu_per_recipient,
         fanout_latency,
+        first_publish,
         history_costs,
         metrics_cost,
         redis_costs,
@@ -34,7 +37,9 @@ def main() -> None:
 
     suites = {
         "fanout": fanout_latency.run,
+        "fanout-https": fanout_latency.run_https,
         "cpu": cpu_per_recipient.run,
+        "firstpublish": first_publish.run,
         "connect": connect_cpu.run,
         "redis": redis_costs.run,
         "rtt": sharded_latency.run,
@@ -46,8 +51,10 @@ def main() -> None:
         "scale": broadcast_scale.run,
     }
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(suites)} (default: all)")
-    names = parser.parse_args().names or list(suites)
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"any of {', '.join(suites)} (default: all but fanout-https)"
+    )
+    names = parser.parse_args().names or [name for name in suites if name != "fanout-https"]
     unknown = sorted(set(names) - set(suites))
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(suites)}")

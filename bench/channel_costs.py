@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from bench.common import Figure
+from bench.common import Figure, at_most
 from chalicelib.registry import ConnectionRegistry
 from testing.apigw import new_id
 from testing.redis_server import RedisServer
@@ -59,7 +59,7 @@ def channel_read(client: redis.Redis) -> Figure:
         _median_ms(lambda: big.begin_publish(members[0], now_ms, include_sender=False, channel="room-1")),
         _median_ms(lambda: small.begin_publish(small_ids[0], now_ms, include_sender=False)),
         f"publish to {MEMBERS} in all",
-        "<= 1.5",
+        at_most(1.5),
     )
 
 

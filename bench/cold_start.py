@@ -30,7 +30,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from bench.common import AWS_ENV, REPO, Figure
+from bench.common import AWS_ENV, REPO, Figure, at_most
 
 sys.path.insert(0, str(REPO / "scripts"))
 from lambda_import import import_like_lambda, make_writable, unpack_read_only
@@ -162,17 +162,17 @@ def run(tmp_dir) -> list[Figure]:
     as_lambda = "as Lambda imports it (median)"
     figures = [
         Figure("cold start", f"import app, {as_lambda}", "ms", median["ours"], median["minimal"],
-               "minimal Chalice WebSocket app, packaged the same way", "<= 1.2"),
+               "minimal Chalice WebSocket app, packaged the same way", at_most(1.2)),
         Figure("cold start", "import app + tokens + jwk ($connect, AUTH_MODE=jwt, JWKS)", "ms", median["jwks"],
-               median["minimal"], "minimal Chalice WebSocket app", "<= 1.15"),
+               median["minimal"], "minimal Chalice WebSocket app", at_most(1.15)),
         Figure("cold start", "import app + tokens ($connect, AUTH_MODE=jwt, HS256)", "ms", median["hs256"],
-               median["minimal"], "minimal Chalice WebSocket app", "<= 1.15"),
+               median["minimal"], "minimal Chalice WebSocket app", at_most(1.15)),
         Figure("cold start", "before: import app + PyJWT ($connect, AUTH_MODE=jwt)", "ms", median["pyjwt"],
                median["minimal"], "minimal Chalice WebSocket app"),
         Figure("cold start", "$connect's JWT imports, JWKS stage: now against before", "ms", median["jwks"],
                median["pyjwt"], "import app + PyJWT"),
         Figure("cold start", "import app, shipped bytecode", "ms", median["ours"], median["warm"],
-               "our package with a warm bytecode cache", "<= 1.3"),
+               "our package with a warm bytecode cache", at_most(1.3)),
         Figure("cold start", "import app without bytecode (chalice package alone)", "ms", median["sources"],
                median["ours"], "with the shipped bytecode"),
         Figure("cold start", "import app with boto3/botocore bundled", "ms", median["bundled"], median["ours"],

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from bench.cold_start import SAMPLES, lambda_runtime, package_ours
-from bench.common import AWS_ENV, REPO, Figure
+from bench.common import AWS_ENV, REPO, Figure, at_most
 from bench.cpu_per_recipient import process_cpu_seconds, publishing_app
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -87,17 +87,20 @@ def cold_start(tmp: Path) -> list[Figure]:
     }
     figures = [
         Figure("metrics", "cold start: import app + chalicelib.metrics", "ms", whole["ours"],
-               median(app_ms["ours"]), "import app alone (same interpreters)", "<= 1.05"),
+               median(app_ms["ours"]), "import app alone (same interpreters)", at_most(1.05)),
     ]  # fmt: skip
     if powertools:
         figures += [
             Figure("metrics", "cold start: import app + Powertools' metrics", "ms", whole["powertools"],
-                   median(app_ms["powertools"]), "import app alone (same interpreters)"),
+                   median(app_ms["powertools"]), "import app alone (same interpreters)",
+                   measured_name="Powertools"),
             Figure("metrics", "cold start: Powertools' metrics module against ours, after app", "ms",
-                   median(module_ms["powertools"]), median(module_ms["ours"]), "chalicelib.metrics"),
+                   median(module_ms["powertools"]), median(module_ms["ours"]), "chalicelib.metrics",
+                   measured_name="Powertools"),
+            # Powertools would have been chosen at 1.05 or less: a rule for the choice, not a goal of ours.
             Figure("metrics", "cold start with Powertools' metrics against with ours", "ms",
                    whole["powertools"], whole["ours"], "import app + chalicelib.metrics",
-                   "Powertools only if <= 1.05"),
+                   measured_name="Powertools"),
         ]  # fmt: skip
     else:
         print(f"metrics: pip could not install {POWERTOOLS}: no Powertools figure", flush=True)
@@ -136,10 +139,10 @@ def cpu_per_publish(tmp: Path) -> list[Figure]:
     off_ms = statistics.median(samples["off"])
     return [
         Figure("metrics", f"CPU per publish to {RECIPIENTS}, metrics on", "ms",
-               statistics.median(samples["on"]), off_ms, "metrics off", "<= 1.05"),
+               statistics.median(samples["on"]), off_ms, "metrics off", at_most(1.05)),
         # The difference above is within the machine's noise: the document's own CPU, alone, beside it.
         Figure("metrics", f"CPU per publish to {RECIPIENTS} + its document (recorded, built, written)",
-               "ms", off_ms + document_ms, off_ms, "metrics off", "<= 1.05"),
+               "ms", off_ms + document_ms, off_ms, "metrics off", at_most(1.05)),
     ]  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import uuid
 
 import redis
 
-from bench.common import Figure
+from bench.common import Figure, at_most
 from chalicelib.registry import ConnectionRegistry, Limits, registry_key
 from testing.apigw import new_id as new_connection_id
 from testing.command_log import CommandLog
@@ -163,7 +163,7 @@ def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
             ours_bytes,
             reference_bytes,
             "bare set",
-            "<= 1.5",
+            at_most(1.5),
         ),
         Figure(
             "redis memory",
@@ -172,7 +172,7 @@ def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
             with_principal_bytes,
             reference_bytes,
             "bare set",
-            "<= 1.5",
+            at_most(1.5),
         ),
     ]
     if population >= 100_000:

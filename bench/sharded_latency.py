@@ -1,7 +1,7 @@
 """A sharded publish's waits on Redis: with REGISTRY_SHARDS=4 and Redis 10 ms away (a proxy that holds
 every answer that long), the time of a publish to 8 connections against one shard's, which is one round
-trip. Two round trips (each two requests side by side) make about 2x; the four sequential round trips
-before them made about 4x.
+trip. Two round trips (each two requests side by side) should make about 2x, where four sequential
+round trips would make about 4x (the measured figures: bench/README.md).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import redis
 
-from bench.common import Figure
+from bench.common import Figure, at_most
 from chalicelib.registry import ConnectionRegistry, History, Limits
 from testing.apigw import new_id
 from testing.redis_server import RedisServer
@@ -58,7 +58,7 @@ def run(tmp_dir) -> list[Figure]:
                 times[4],
                 times[1],
                 "one shard (one round trip)",
-                "<= 2.2 (two round trips)",
+                at_most(2.2, "two round trips"),
             )
         ]
     finally:

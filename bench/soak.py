@@ -36,7 +36,7 @@ from pathlib import Path
 import redis
 import websockets
 
-from bench.common import AWS_ENV, Figure, print_table, write_json
+from bench.common import AWS_ENV, Figure, at_most, exactly, print_table, write_json
 from testing.gateway_process import GatewayProcess
 from testing.redis_server import RedisServer
 
@@ -356,13 +356,14 @@ def soak(tmp: Path, connections: int, minutes: float, mix: Mix) -> tuple[list[Fi
     )
     figures = [
         Figure("soak", "deliveries exactly once", "deliveries", counts["exactly_once"], counts["expected"],
-               "expected deliveries", "1.000"),
+               "expected deliveries", exactly(1)),
         Figure("soak", f"gateway RSS, end vs {warm_up:.0f} s", "MiB", max(after_warm_up) / 2**20,
-               after_warm_up[0] / 2**20, "after warm-up", f"<= {MEMORY_GROWTH_LIMIT}"),
+               after_warm_up[0] / 2**20, "after warm-up", at_most(MEMORY_GROWTH_LIMIT)),
+        # Checked by key, not by bytes (only the post budget's key may stay): no goal on the ratio.
         Figure("soak", "Redis keys' bytes after everyone left", "B", sum(left.values()), 0,
-               "none before anyone came", "only the post budget's key, if any"),
+               "none before anyone came"),
         Figure("soak", "Redis used_memory_dataset after everyone left", "KiB", final_dataset / 1024,
-               baseline_dataset / 1024, "before anyone came", "reported"),
+               baseline_dataset / 1024, "before anyone came"),
     ]  # fmt: skip
     return figures, summary, ok
 

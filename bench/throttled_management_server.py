@@ -2,9 +2,9 @@
 account's budget enforced with 429s, each connection's deliveries counted. Runs in its own process.
 
 Why not ``testing/management_api.py``: it runs a thread per connection and verifies every SigV4
-signature in full; with a 20 ms answer added to it, it served one invocation's 64 posts in flight at
-1650 posts a second on this machine (10 000 in 6.1 s), below the 2000 the benchmark needs, where this
-one, a single asyncio loop (aiohttp), serves 2630 (10 000 in 3.8 s, ideal 3.1 s; bench/README.md).
+signature in full; with a 20 ms answer added to it, it served one invocation's 64 posts in flight
+below the 2000 posts a second the benchmark needs, where this one, a single asyncio loop (aiohttp),
+serves more (both measured: bench/README.md, "Figures once written in the code").
 It still refuses what API Gateway would refuse for our purpose: another method or path (404/405), a
 request without a SigV4 ``Authorization`` for ``execute-api`` and its date (403, the form only), a body
 over 128 KB (413), an id it does not know (410).

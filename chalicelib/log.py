@@ -4,9 +4,9 @@ Every line of an invocation carries its Lambda request id, connection id and rou
 kept per thread because the local gateway runs several invocations at once in one process.
 
 Written on the standard library rather than Powertools for AWS Lambda's Logger: importing
-Powertools (its package imports its metrics and tracing modules and typing_extensions) costs about
-47 ms of every Lambda cold start, where ``chalice package`` ships no bytecode (8 ms from compiled
-bytecode). The lines keep Powertools' field names.
+Powertools (its package imports its metrics and tracing modules and typing_extensions) adds to every
+Lambda cold start, most where no bytecode is shipped (bench/README.md, "Figures once written in the
+code"). The lines keep Powertools' field names.
 """
 
 from __future__ import annotations

@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="answer each Management API post after this long, as a real round trip takes (default 0)",
     )
+    bench.add_argument(
+        "--management-api-endpoint",
+        metavar="URL",
+        help="where the app posts instead of this gateway's own endpoint: a TLS-terminating proxy "
+        "in front of it, so that the posts go over HTTPS as on AWS (default: this gateway)",
+    )
     parser.add_argument(
         "--concurrency",
         "--workers",
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info(f"warning: {conflict}; one process shares one environment, the first value is used")
         ensure_aws_environment(os.environ)
         # The app's own Management API client (botocore honours this standard variable) must reach us.
-        os.environ["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = endpoint
+        os.environ["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = args.management_api_endpoint or endpoint
         if os.environ.get("REDIS_URL", "").strip():
             log.info(f"redis: {_redact(os.environ['REDIS_URL'])} (REDIS_URL)")
         else:

@@ -98,7 +98,11 @@ class ManagementApiServer:
         self._changed = threading.Condition()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
         if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            # Each handshake on its handler's thread, not the accepting one: a pool's 64 dials at once
+            # are served side by side, as API Gateway serves them.
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
@@ -215,6 +219,14 @@ class ManagementApiServer:
                 super().setup()
                 with server._changed:
                     server.tcp_connections += 1
+
+            def handle(self) -> None:
+                if isinstance(self.connection, ssl.SSLSocket):
+                    try:
+                        self.connection.do_handshake()
+                    except OSError:  # a client that does not trust the CA, or went away
+                        return
+                super().handle()
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

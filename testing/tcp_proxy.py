@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -43,9 +44,10 @@ class _Flow:
 
 
 class TcpProxy:
-    """Listens on 127.0.0.1:``port`` and forwards each connection to ``target`` (host, port)."""
+    """Listens on 127.0.0.1:``port`` and forwards each connection to ``target`` (host, port); with
+    ``tls``, it terminates TLS and forwards the plain bytes, as a load balancer in front of a server."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], *, tls: ssl.SSLContext | None = None) -> None:
         self.target = target
         self.answer_delay_seconds = 0.0
         self.accepted = 0
@@ -53,7 +55,7 @@ class TcpProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._server = self._call(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self._server = self._call(asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls))
         self.port = self._server.sockets[0].getsockname()[1]
 
     def url(self, scheme: str = "redis") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,19 @@ class TlsFiles:
     ca_cert: Path  # what a client trusts (AWS_CA_BUNDLE, ssl_ca_certs)
     server_cert: Path
     server_key: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> TlsFiles:
+        """The files ``make_certificates`` made in ``folder``."""
+        return cls(
+            ca_cert=folder / "ca.crt", server_cert=folder / "server.crt", server_key=folder / "server.key"
+        )
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server's TLS context with this certificate and key."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.server_cert, self.server_key)
+        return context
 
 
 def make_certificates(folder: Path) -> TlsFiles:
@@ -28,6 +42,4 @@ def make_certificates(folder: Path) -> TlsFiles:
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "1", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
-    return TlsFiles(
-        ca_cert=folder / "ca.crt", server_cert=folder / "server.crt", server_key=folder / "server.key"
-    )
+    return TlsFiles.in_folder(folder)

@@ -3,7 +3,7 @@ botocore's client does, or better (no post outlives its deadline, no answer wait
 
 from __future__ import annotations
 
-import ssl
+import socket
 import threading
 import time
 
@@ -40,9 +40,7 @@ def ok(peer: Peer, request: bytes) -> None:
 @pytest.fixture
 def tls(tmp_path):
     files = make_certificates(tmp_path / "tls")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(files.server_cert, files.server_key)
-    return files, context
+    return files, files.server_context()
 
 
 def test_a_server_that_never_answers_fails_the_post_at_its_deadline():
@@ -269,6 +267,16 @@ def test_the_ca_bundle_botocore_reads_is_the_one_trusted(tls, monkeypatch, varia
         monkeypatch.setenv(variable, str(files.ca_cert))
         client_for(server.endpoint).post(CONNECTION, b'{"tls": true}')
         assert server.received(CONNECTION) == [{"tls": True}]
+
+
+def test_a_client_stuck_in_its_tls_handshake_holds_up_no_other_at_the_stand_in(tls_management_api):
+    # GIVEN a client that opened a TCP connection to the HTTPS stand-in and never starts its handshake
+    server = tls_management_api
+    host, port = server.endpoint.split("/")[2].split(":")
+    with socket.create_connection((host, int(port))):
+        # WHEN our client posts beside it THEN the stand-in handshakes and answers it meanwhile
+        client_for(server.endpoint).post(CONNECTION, PAYLOAD, deadline=time.monotonic() + 5)
+    assert len(server.received(CONNECTION)) == 1
 
 
 def test_an_unreachable_endpoint_is_a_retryable_delivery_error():
