@@ -42,12 +42,18 @@ class TransportFailure(Exception):
 
 @dataclass(frozen=True)
 class Dialer:
-    """How botocore would reach the endpoint: its proxy for the URL (or none), its CA bundle."""
+    """How botocore would reach the endpoint: its proxy for the URL (or none), its CA bundle.
+
+    The bundle is loaded once, into one TLS context every connection shares (``SSLContext`` is
+    thread-safe): loading a bundle of a hundred certificates costs tens of milliseconds of CPU, which
+    64 connections dialled after a cold start would otherwise pay each (bench/README.md, "TLS").
+    """
 
     host: str
     port: int
     https: bool
-    ca_certs: str | None  # None: no verification (botocore's verify=False)
+    verify: bool  # False: no verification (botocore's verify=False)
+    tls_context: ssl.SSLContext | None  # https only
     proxy: urllib3.util.Url | None
     proxy_headers: dict[str, str]
     proxy_ssl_context: ssl.SSLContext | None
@@ -70,11 +76,21 @@ class Dialer:
         if proxy_ca_bundle:
             proxy_ssl_context = create_urllib3_context()
             proxy_ssl_context.load_verify_locations(cafile=proxy_ca_bundle)
+        tls_context = None
+        if parts.scheme == "https":
+            tls_context = create_urllib3_context()
+            if verify is not False:
+                ca_certs = get_cert_path(verify)
+                if os.path.isdir(ca_certs):  # as botocore takes a directory (its ca_cert_dir)
+                    tls_context.load_verify_locations(capath=ca_certs)
+                else:
+                    tls_context.load_verify_locations(cafile=ca_certs)
         return cls(
             host=parts.hostname,
             port=parts.port or (443 if parts.scheme == "https" else 80),
             https=parts.scheme == "https",
-            ca_certs=get_cert_path(verify) if verify is not False else None,
+            verify=verify is not False,
+            tls_context=tls_context,
             proxy=urllib3.util.parse_url(proxy_url) if proxy_url else None,
             proxy_headers=proxies.proxy_headers_for(proxy_url) if proxy_url else {},
             proxy_ssl_context=proxy_ssl_context,
@@ -106,9 +122,8 @@ class Dialer:
                 proxy_config=urllib3.connection.ProxyConfig(self.proxy_ssl_context, False, None, None)
                 if self.proxy
                 else None,
-                cert_reqs="CERT_REQUIRED" if self.ca_certs else "CERT_NONE",
-                ca_certs=self.ca_certs,
-                ssl_context=create_urllib3_context(),
+                cert_reqs="CERT_REQUIRED" if self.verify else "CERT_NONE",
+                ssl_context=self.tls_context,
             )
             if self.proxy:
                 connection.set_tunnel(self.host, self.port, self.proxy_headers, scheme=self.proxy.scheme)

@@ -10,6 +10,7 @@ import time
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.httpsession import create_urllib3_context
 
 from chalicelib.fanout import Fanout
 from chalicelib.management_api import DeliveryError, ManagementApi, transport
@@ -297,3 +298,21 @@ def test_posts_carry_the_x_ray_trace_id_lambda_sets(management_api, monkeypatch)
     assert management_api.headers_seen[-1]["X-Amzn-Trace-Id"] == (
         "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
     )
+
+
+def test_a_clients_connections_share_one_tls_context_its_ca_bundle_loaded_once(
+    tls_management_api, monkeypatch
+):
+    """Loading a CA bundle costs tens of ms of CPU; 64 connections dialled after a cold start paid it each."""
+    server = tls_management_api
+    made = []
+    monkeypatch.setattr(
+        transport, "create_urllib3_context", lambda: made.append(1) or create_urllib3_context()
+    )
+    ids = [f"tlsconnection{n:02d}=" for n in range(8)]
+    for connection_id in ids:
+        server.open(connection_id)
+    client = client_for(server.endpoint)
+    assert client.post_many(ids, PAYLOAD, far()) == [None] * len(ids)
+    assert server.tcp_connections == len(ids)
+    assert len(made) == 1
