@@ -2,11 +2,13 @@
 
 Per event: commands (round trips) and bytes on the wire; memory per registered connection at
 10 000 and 100 000 connections (expiry of missed disconnects included in ours, none in the set);
-and the publish-side read of 100 000 connections.
+and the publish-side read of 100 000 connections (1 000 000 with BENCH_SCALE_MILLION=1) beside the floor
+of any read a script returns in the publish's one round trip.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import threading
@@ -128,7 +130,7 @@ def event_costs(server: RedisServer, shards: int = 1) -> list[Figure]:
     return figures
 
 
-def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
+def memory(server: RedisServer, population: int) -> list[Figure]:
     client = redis.Redis.from_url(server.url, decode_responses=True)
     client.flushall()
     ids = [new_connection_id() for _ in range(population)]
@@ -202,6 +204,51 @@ def memory_and_read(server: RedisServer, population: int) -> list[Figure]:
     return figures
 
 
+def read_costs(server: RedisServer, population: int) -> list[Figure]:
+    """A publish's read of ``population`` connections, and the floor of any read a script returns in
+    the publish's one round trip: the ids alone (``HKEYS``), and the ids with the ``connectedAt`` a
+    read must classify by (``HGETALL``), each against ``SMEMBERS`` of a bare set of the same ids."""
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    client.flushall()
+    now_ms = int(time.time() * 1000)
+    registry = ConnectionRegistry(client, prefix="bench", max_age_seconds=7200)
+    ids = [new_connection_id() for _ in range(population)]
+    registry.add(ids[0], now_ms - 60_000)  # connected a minute ago: past the handshake window
+    (key,) = registry.registry_keys()
+    value = client.hget(key, ids[0])  # the registry's own entry, written by its script
+    for start in range(0, population, 10_000):  # filled in bulk: a million scripted connects take minutes
+        pipeline = client.pipeline(transaction=False)
+        chunk = ids[start : start + 10_000]
+        pipeline.hset(key, mapping=dict.fromkeys(chunk, value))
+        pipeline.sadd(REFERENCE_KEY, *chunk)
+        pipeline.execute()
+    keys_only = client.register_script("return redis.call('HKEYS', KEYS[1])")
+    entries = client.register_script("return redis.call('HGETALL', KEYS[1])")
+
+    def median_ms(read) -> float:
+        read()
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            read()
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    case = f"{population:,} connections"
+    smembers = median_ms(lambda: client.smembers(REFERENCE_KEY))
+    figures = [
+        Figure("registry read", case, "ms", median_ms(
+            lambda: registry.begin_publish(ids[0], now_ms, include_sender=False).live), smembers, "SMEMBERS"),
+        Figure("registry read", f"{case}: a script returning the ids alone (the floor)", "ms",
+               median_ms(lambda: keys_only(keys=[key])), smembers, "SMEMBERS", measured_name="EVAL of HKEYS"),
+        Figure("registry read", f"{case}: a script returning ids and connectedAt", "ms",
+               median_ms(lambda: entries(keys=[key])), smembers, "SMEMBERS", measured_name="EVAL of HGETALL"),
+    ]  # fmt: skip
+    client.flushall()
+    client.close()
+    return figures
+
+
 def run(tmp_dir) -> list[Figure]:
     server = RedisServer(tmp_dir / "redis-costs")
     server.start()
@@ -209,8 +256,10 @@ def run(tmp_dir) -> list[Figure]:
         return [
             *event_costs(server),
             *event_costs(server, shards=16),
-            *memory_and_read(server, 10_000),
-            *memory_and_read(server, 100_000),
+            *memory(server, 10_000),
+            *memory(server, 100_000),
+            *read_costs(server, 100_000),
+            *(read_costs(server, 1_000_000) if os.environ.get("BENCH_SCALE_MILLION") == "1" else []),
         ]
     finally:
         server.stop()
