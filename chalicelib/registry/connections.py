@@ -346,7 +346,7 @@ class ConnectionRegistry:
         # reply[1], whether the sender had been lost, is for the replies a publish does not have
         if int(reply[0]) == Reply.QUEUED:
             return Queued(sizes={0: int(reply[2])}, suffix=reply[3])
-        return self._snapshot(reply[3::2], reply[4::2], suffix=reply[2])
+        return self._snapshot(reply[3][0::2], reply[3][1::2], suffix=reply[2])
 
     def _sharded_publish(
         self, channel: str | None, payload: bytes, sender_checks: Callable[[], bool] | None

@@ -2,7 +2,7 @@
 -- Modes: publish, check (a sharded publish's sender checks: rates and channel, no budget, no read),
 -- ping, subscribe, unsubscribe, resume, presence, refuse (a message the caller refused: it costs a token,
 -- nothing else).
--- Returns {0, lost, suffix, entries...} for a publish (suffix: what history added to the payload, '' with
+-- Returns {0, lost, suffix, {entries...}} for a publish (suffix: what history added to the payload, '' with
 -- history off), {5, lost, cost, suffix} for one whose audience is larger than the inline max (queued:
 -- admitted against the queue's budget, nothing read), {0, lost, recovered, latest, epoch, replay...} for a
 -- subscribe or resume with history (as ``recover``), {0, lost, entries...} for presence, {0, lost}
@@ -136,8 +136,5 @@ if mode ~= 'publish' then return {0, lost} end
 local suffix = ''
 if history_size > 0 then suffix = append(history_key, position_key, payload, history_size, history_ttl, position_ttl) end
 if queued then return {5, lost, cost, suffix} end
-local reply = redis.call('HGETALL', audience)
-table.insert(reply, 1, suffix)
-table.insert(reply, 1, lost)
-table.insert(reply, 1, 0)
-return reply
+-- the audience as a nested array: prepending to it would move every entry, three times
+return {0, lost, suffix, redis.call('HGETALL', audience)}
