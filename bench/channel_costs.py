@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import redis
 
-from bench.common import Figure, at_most
+from bench.common import Figure, at_most, median_call_ms
 from chalicelib.registry import ConnectionRegistry
 from testing.apigw import new_id
 from testing.redis_server import RedisServer
@@ -23,16 +22,6 @@ OTHERS = 100_000
 MEMBERS = 10
 MEMORY_POPULATION = 10_000
 CHANNELS_EACH = 3
-
-
-def _median_ms(read, repeats: int = 31) -> float:
-    read()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        read()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
 
 
 def _fill(
@@ -56,8 +45,10 @@ def channel_read(client: redis.Redis) -> Figure:
         "channel publish read",
         f"{MEMBERS} members among {OTHERS:,} others",
         "ms",
-        _median_ms(lambda: big.begin_publish(members[0], now_ms, include_sender=False, channel="room-1")),
-        _median_ms(lambda: small.begin_publish(small_ids[0], now_ms, include_sender=False)),
+        median_call_ms(
+            lambda: big.begin_publish(members[0], now_ms, include_sender=False, channel="room-1"), repeats=31
+        ),
+        median_call_ms(lambda: small.begin_publish(small_ids[0], now_ms, include_sender=False), repeats=31),
         f"publish to {MEMBERS} in all",
         at_most(1.5),
     )

@@ -8,6 +8,8 @@ import math
 import operator
 import statistics
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,6 +110,17 @@ def https_files(folder: Path) -> TlsFiles:
     bundle = folder / "ca-bundle.pem"
     bundle.write_text(Path(get_cert_path(True)).read_text() + "\n" + files.ca_cert.read_text())
     return dataclasses.replace(files, ca_cert=bundle)
+
+
+def median_call_ms(call: Callable[[], object], *, repeats: int) -> float:
+    """The median wall-clock milliseconds of ``repeats`` calls, after one uncounted (warm-up) call."""
+    call()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -168,18 +168,23 @@ def against_ideal(case: str, clients: int, samples: list[float]) -> list[Figure]
     ]
 
 
-def https_case(tmp_dir: Path, redis_server: RedisServer, *, http: list[float]) -> list[Figure]:
-    """Ours at GOAL_CLIENTS with every post over HTTPS, against the ideal bound and against ``http``
-    (the same case's samples over HTTP)."""
-    https = measure(
+def ours_at_goal(tmp_dir: Path, redis_server: RedisServer, *, tls=None) -> list[float]:
+    """Our fan-out's samples at GOAL_CLIENTS with the shipped workers, over HTTP or (``tls``) HTTPS."""
+    return measure(
         tmp_dir,
         redis_server,
         project_dir=REPO,
         clients=GOAL_CLIENTS,
         repeats=CASES_REPEATS[GOAL_CLIENTS],
         env={"FANOUT_WORKERS": str(SHIPPED_WORKERS)},
-        tls=https_files(tmp_dir / "tls"),
+        tls=tls,
     )
+
+
+def https_case(tmp_dir: Path, redis_server: RedisServer, *, http: list[float]) -> list[Figure]:
+    """Ours at GOAL_CLIENTS with every post over HTTPS, against the ideal bound and against ``http``
+    (the same case's samples over HTTP)."""
+    https = ours_at_goal(tmp_dir, redis_server, tls=https_files(tmp_dir / "tls"))
     case = f"N={GOAL_CLIENTS}, {LATENCY_MS} ms/post"
     return [
         *against_ideal(f"{case}, https", GOAL_CLIENTS, https),
@@ -200,14 +205,7 @@ def run_https(tmp_dir: Path) -> list[Figure]:
     redis_server = RedisServer(tmp_dir / "redis-fanout-https")
     redis_server.start()
     try:
-        http = measure(
-            tmp_dir,
-            redis_server,
-            project_dir=REPO,
-            clients=GOAL_CLIENTS,
-            repeats=CASES_REPEATS[GOAL_CLIENTS],
-            env={"FANOUT_WORKERS": str(SHIPPED_WORKERS)},
-        )
+        http = ours_at_goal(tmp_dir, redis_server)
         case = f"N={GOAL_CLIENTS}, {LATENCY_MS} ms/post"
         return [*against_ideal(case, GOAL_CLIENTS, http), *https_case(tmp_dir, redis_server, http=http)]
     finally:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -25,7 +26,7 @@ import uuid
 
 import redis
 
-from bench.common import Figure, at_most
+from bench.common import Figure, at_most, median_call_ms
 from bench.cpu_per_recipient import process_cpu_seconds, publishing_app
 from bench.redis_costs import CountingProxy
 from chalicelib.auth import Gatekeeper
@@ -244,15 +245,7 @@ def presence_and_membership(server: RedisServer) -> list[Figure]:
     for n, connection_id in enumerate(members):
         registry.add(connection_id, now_ms, principal=f"{SUB[:-5]}{n % 5000:05d}", channels=("room-1",))
 
-    def median_ms(call) -> float:
-        call()
-        samples = []
-        for _ in range(15):
-            started = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - started) * 1000)
-        return statistics.median(samples)
-
+    median_ms = functools.partial(median_call_ms, repeats=15)
     presence = median_ms(lambda: registry.presence(members[0], now_ms, "room-1"))
     read = median_ms(
         lambda: registry.begin_publish(members[0], now_ms, include_sender=True, channel="room-1")

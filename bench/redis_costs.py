@@ -8,16 +8,16 @@ of any read a script returns in the publish's one round trip.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-import statistics
 import threading
 import time
 import uuid
 
 import redis
 
-from bench.common import Figure, at_most
+from bench.common import Figure, at_most, median_call_ms
 from chalicelib.registry import ConnectionRegistry, Limits, registry_key
 from testing.apigw import new_id as new_connection_id
 from testing.command_log import CommandLog
@@ -177,29 +177,6 @@ def memory(server: RedisServer, population: int) -> list[Figure]:
             at_most(1.5),
         ),
     ]
-    if population >= 100_000:
-        for connection_id in ids:
-            registry.add(connection_id, now_ms)
-
-        def median_ms(read) -> float:
-            read()
-            samples = []
-            for _ in range(5):
-                started = time.perf_counter()
-                read()
-                samples.append((time.perf_counter() - started) * 1000)
-            return statistics.median(samples)
-
-        figures.append(
-            Figure(
-                "registry read",
-                f"{population:,} connections",
-                "ms",
-                median_ms(lambda: registry.begin_publish(ids[0], now_ms, include_sender=False).live),
-                median_ms(lambda: client.smembers(REFERENCE_KEY)),
-                "SMEMBERS",
-            )
-        )
     client.close()
     return figures
 
@@ -225,16 +202,8 @@ def read_costs(server: RedisServer, population: int) -> list[Figure]:
     keys_only = client.register_script("return redis.call('HKEYS', KEYS[1])")
     entries = client.register_script("return redis.call('HGETALL', KEYS[1])")
 
-    def median_ms(read) -> float:
-        read()
-        samples = []
-        for _ in range(5):
-            started = time.perf_counter()
-            read()
-            samples.append((time.perf_counter() - started) * 1000)
-        return statistics.median(samples)
-
     case = f"{population:,} connections"
+    median_ms = functools.partial(median_call_ms, repeats=5)
     smembers = median_ms(lambda: client.smembers(REFERENCE_KEY))
     figures = [
         Figure("registry read", case, "ms", median_ms(

@@ -41,6 +41,13 @@ class GatewayDriver:
             connection.message_event(body, **event_options), LambdaContext(MESSAGE_FUNCTION)
         )
 
+    def received(self, connection: Connection) -> list:
+        """What the connection was posted, in order: each message's ``data``, or an error's code."""
+        return [
+            message.get("data") or message.get("error", {}).get("code")
+            for message in self.management_api.received(connection.connection_id)
+        ]
+
     def disconnect(self, connection: Connection) -> dict:
         self.management_api.close(connection.connection_id)
         return self.app.disconnect(connection.disconnect_event(), LambdaContext(DISCONNECT_FUNCTION))
