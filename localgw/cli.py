@@ -9,15 +9,17 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from localgw import gateway as gw
-from localgw import rest
 from localgw.embedded_redis import EmbeddedRedis
+from localgw.gateway import Gateway, serve
+from localgw.limits import Limits
+from localgw.log import Log, redact
 from localgw.outbox import DEFAULT_LIMIT_BYTES
 from localgw.project import (
+    FUNCTION_NAMES,
+    REST_ROUTE_KEY,
     ProjectError,
     apply_environment,
     default_project_dir,
@@ -26,6 +28,13 @@ from localgw.project import (
 )
 from localgw.runtime import Runtime
 from localgw.sqs import EventSourceMapping
+from testing.apigw import (
+    API_GATEWAY_IDLE_TIMEOUT_SECONDS,
+    API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS,
+    API_GATEWAY_MAX_CONNECTION_SECONDS,
+    API_GATEWAY_MAX_MESSAGE_BYTES,
+    ROUTE_DEFAULT,
+)
 from testing.sqs import SqsStandIn, create_queue_with_dlq, queue_url
 
 DEFAULT_API_ID = "localgw001"  # 10 characters, like a real API id
@@ -66,11 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--page", type=Path, default=None, help="an HTML file to serve at GET / (make run: the sample client)"
     )
     limits = parser.add_argument_group("limits (API Gateway's by default)")
-    limits.add_argument("--idle-timeout-seconds", type=float, default=gw.API_GATEWAY_IDLE_TIMEOUT_SECONDS)
-    limits.add_argument("--max-connection-seconds", type=float, default=gw.API_GATEWAY_MAX_CONNECTION_SECONDS)
-    limits.add_argument("--max-message-bytes", type=int, default=gw.API_GATEWAY_MAX_MESSAGE_BYTES)
+    limits.add_argument("--idle-timeout-seconds", type=float, default=API_GATEWAY_IDLE_TIMEOUT_SECONDS)
+    limits.add_argument("--max-connection-seconds", type=float, default=API_GATEWAY_MAX_CONNECTION_SECONDS)
+    limits.add_argument("--max-message-bytes", type=int, default=API_GATEWAY_MAX_MESSAGE_BYTES)
     limits.add_argument(
-        "--integration-timeout-seconds", type=float, default=gw.API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS
+        "--integration-timeout-seconds", type=float, default=API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS
     )
     limits.add_argument(
         "--max-outbound-bytes",
@@ -177,14 +186,7 @@ def _endpoint_host(sock: socket.socket) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
-
-
-def event_source_mappings(
-    runtime: Runtime, args: argparse.Namespace, log: gw.Log
-) -> list[EventSourceMapping]:
+def event_source_mappings(runtime: Runtime, args: argparse.Namespace, log: Log) -> list[EventSourceMapping]:
     """Each SQS event source's queue and dead-letter queue at AWS_ENDPOINT_URL_SQS, and its pollers."""
     if not runtime.sqs_sources:
         return []
@@ -238,14 +240,14 @@ def event_source_mappings(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    log = gw.Log(verbose=args.verbose, app_logs=args.app_logs)
+    log = Log(verbose=args.verbose, app_logs=args.app_logs)
     project_dir = args.project_dir.resolve()
     try:
         project = read_config(project_dir, args.chalice_stage)
     except ProjectError as exc:
         print(f"localgw: {exc}", file=sys.stderr)
         return 2
-    stage = args.stage or project.scoped("websocket_message").api_gateway_stage or "api"
+    stage = args.stage or project.scoped(FUNCTION_NAMES[ROUTE_DEFAULT]).api_gateway_stage or "api"
     try:
         sockets = bind(args.host, args.port)
     except OSError as exc:
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         # The app's own Management API client (botocore honours this standard variable) must reach us.
         os.environ["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = args.management_api_endpoint or endpoint
         if os.environ.get("REDIS_URL", "").strip():
-            log.info(f"redis: {_redact(os.environ['REDIS_URL'])} (REDIS_URL)")
+            log.info(f"redis: {redact(os.environ['REDIS_URL'])} (REDIS_URL)")
         else:
             embedded = EmbeddedRedis().start()
             os.environ["REDIS_URL"] = embedded.url
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             stand_in.stop()
         return 2
 
-    limits = gw.Limits(
+    limits = Limits(
         idle_timeout_seconds=args.idle_timeout_seconds,
         max_connection_seconds=args.max_connection_seconds,
         max_message_bytes=args.max_message_bytes,
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         simulated_post_latency_seconds=args.post_latency_ms / 1000,
         max_outbound_bytes=args.max_outbound_bytes,
     )
-    gateway = gw.Gateway(
+    gateway = Gateway(
         runtime.functions,
         invoke=runtime.invoke,
         runtime_exited=lambda: runtime.exited,
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
             log.info(f"serving {project.app_name} at ws://{ws_host}:{port}/{stage}")
             log.info(f"Management API at {endpoint}/@connections/{{connection_id}}")
-            if rest.ROUTE_KEY in runtime.functions:
+            if REST_ROUTE_KEY in runtime.functions:
                 log.info(f"REST routes at http://{ws_host}:{port}/ (as chalice local serves them)")
             if args.page is not None:
                 log.info(f"page at http://{ws_host}:{port}/ ({args.page})")
@@ -360,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             for mapping in mappings:
                 mapping.start()
 
-        await gw.serve(gateway, sockets, on_ready=ready, stop=stop)
+        await serve(gateway, sockets, on_ready=ready, stop=stop)
 
     try:
         asyncio.run(run())
