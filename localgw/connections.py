@@ -97,6 +97,7 @@ class Connections:
         return len(self._by_id)
 
     def __iter__(self):
+        """A snapshot: closing a connection while iterating is safe."""
         return iter(list(self._by_id.values()))
 
     def add(self, connection: Connection) -> None:

@@ -249,4 +249,4 @@ class WebSocketEndpoint:
             await asyncio.wait(list(self._handlers), timeout=deadline_seconds)
 
 
-__all__ = ["WebSocketEndpoint", "header", "refusal"]
+__all__ = ["WebSocketEndpoint"]
