@@ -8,16 +8,21 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from localgw import gateway as gw
-from localgw import rest
 from localgw.embedded_redis import EmbeddedRedis
+from localgw.gateway import Gateway, serve
+from localgw.limits import Limits
+from localgw.log import Log, redact
 from localgw.outbox import DEFAULT_LIMIT_BYTES
 from localgw.project import (
+    FUNCTION_NAMES,
+    REST_ROUTE_KEY,
+    ProjectConfig,
     ProjectError,
     apply_environment,
     default_project_dir,
@@ -26,6 +31,13 @@ from localgw.project import (
 )
 from localgw.runtime import Runtime
 from localgw.sqs import EventSourceMapping
+from testing.apigw import (
+    API_GATEWAY_IDLE_TIMEOUT_SECONDS,
+    API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS,
+    API_GATEWAY_MAX_CONNECTION_SECONDS,
+    API_GATEWAY_MAX_MESSAGE_BYTES,
+    ROUTE_DEFAULT,
+)
 from testing.sqs import SqsStandIn, create_queue_with_dlq, queue_url
 
 DEFAULT_API_ID = "localgw001"  # 10 characters, like a real API id
@@ -66,11 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--page", type=Path, default=None, help="an HTML file to serve at GET / (make run: the sample client)"
     )
     limits = parser.add_argument_group("limits (API Gateway's by default)")
-    limits.add_argument("--idle-timeout-seconds", type=float, default=gw.API_GATEWAY_IDLE_TIMEOUT_SECONDS)
-    limits.add_argument("--max-connection-seconds", type=float, default=gw.API_GATEWAY_MAX_CONNECTION_SECONDS)
-    limits.add_argument("--max-message-bytes", type=int, default=gw.API_GATEWAY_MAX_MESSAGE_BYTES)
+    limits.add_argument("--idle-timeout-seconds", type=float, default=API_GATEWAY_IDLE_TIMEOUT_SECONDS)
+    limits.add_argument("--max-connection-seconds", type=float, default=API_GATEWAY_MAX_CONNECTION_SECONDS)
+    limits.add_argument("--max-message-bytes", type=int, default=API_GATEWAY_MAX_MESSAGE_BYTES)
     limits.add_argument(
-        "--integration-timeout-seconds", type=float, default=gw.API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS
+        "--integration-timeout-seconds", type=float, default=API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS
     )
     limits.add_argument(
         "--max-outbound-bytes",
@@ -177,14 +189,23 @@ def _endpoint_host(sock: socket.socket) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
+@dataclass(frozen=True)
+class Site:
+    """Where the gateway listens: its sockets (one port), the stage path, the Management API's URL."""
+
+    sockets: list[socket.socket]
+    stage: str
+
+    @property
+    def port(self) -> int:
+        return self.sockets[0].getsockname()[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{_endpoint_host(self.sockets[0])}:{self.port}/{self.stage}"
 
 
-def event_source_mappings(
-    runtime: Runtime, args: argparse.Namespace, log: gw.Log
-) -> list[EventSourceMapping]:
+def event_source_mappings(runtime: Runtime, args: argparse.Namespace, log: Log) -> list[EventSourceMapping]:
     """Each SQS event source's queue and dead-letter queue at AWS_ENDPOINT_URL_SQS, and its pollers."""
     if not runtime.sqs_sources:
         return []
@@ -236,48 +257,23 @@ def event_source_mappings(
     return mappings
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    log = gw.Log(verbose=args.verbose, app_logs=args.app_logs)
-    project_dir = args.project_dir.resolve()
-    try:
-        project = read_config(project_dir, args.chalice_stage)
-    except ProjectError as exc:
-        print(f"localgw: {exc}", file=sys.stderr)
-        return 2
-    stage = args.stage or project.scoped("websocket_message").api_gateway_stage or "api"
-    try:
-        sockets = bind(args.host, args.port)
-    except OSError as exc:
-        print(f"localgw: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
-    port = sockets[0].getsockname()[1]
-    endpoint = f"http://{_endpoint_host(sockets[0])}:{port}/{stage}"
+@dataclass
+class Services:
+    """What the gateway runs beside it: the Redis and SQS stand-ins it started (none when the
+    environment names real ones), the app's runtime process and its SQS pollers."""
 
-    embedded = stand_in = runtime = None
-    try:
-        apply_environment(project.environment, os.environ)
-        for conflict in project.conflicts:
-            log.info(f"warning: {conflict}; one process shares one environment, the first value is used")
-        ensure_aws_environment(os.environ)
-        # The app's own Management API client (botocore honours this standard variable) must reach us.
-        os.environ["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = args.management_api_endpoint or endpoint
-        if os.environ.get("REDIS_URL", "").strip():
-            log.info(f"redis: {_redact(os.environ['REDIS_URL'])} (REDIS_URL)")
-        else:
-            embedded = EmbeddedRedis().start()
-            os.environ["REDIS_URL"] = embedded.url
-            log.info(
-                f"redis: embedded in-process fakeredis at {embedded.url} (set REDIS_URL to use a real one)"
-            )
-        if os.environ.get("AWS_ENDPOINT_URL_SQS", "").strip():
-            log.info(f"sqs: {os.environ['AWS_ENDPOINT_URL_SQS']} (AWS_ENDPOINT_URL_SQS)")
-        else:
-            stand_in = SqsStandIn().start()
-            os.environ["AWS_ENDPOINT_URL_SQS"] = stand_in.endpoint
-            log.info(f"sqs: in-process moto at {stand_in.endpoint} (AWS_ENDPOINT_URL_SQS)")
-        runtime = Runtime(
-            project_dir,
+    redis: EmbeddedRedis | None = None
+    sqs: SqsStandIn | None = None
+    runtime: Runtime | None = None
+    mappings: list[EventSourceMapping] = field(default_factory=list)
+
+    def start(self, project: ProjectConfig, args: argparse.Namespace, *, endpoint: str, log: Log) -> None:
+        """Start each in turn; each is kept as it starts, so that ``stop`` after a failure stops those."""
+        use_project_environment(project, management_api=args.management_api_endpoint or endpoint, log=log)
+        self.redis = start_redis_unless_given(log)
+        self.sqs = start_sqs_unless_given(log)
+        self.runtime = Runtime(
+            project.project_dir,
             chalice_stage=args.chalice_stage,
             endpoint=endpoint,
             region=os.environ["AWS_REGION"],
@@ -285,18 +281,54 @@ def main(argv: list[str] | None = None) -> int:
             log=log.info,
             output=log.app,
         )
-        mappings = event_source_mappings(runtime, args, log)
-    except (ProjectError, BotoCoreError, ClientError) as exc:
-        print(f"localgw: {exc}", file=sys.stderr)
-        if runtime is not None:
-            runtime.stop()
-        if embedded is not None:
-            embedded.stop()
-        if stand_in is not None:
-            stand_in.stop()
-        return 2
+        self.mappings = event_source_mappings(self.runtime, args, log)
 
-    limits = gw.Limits(
+    def stop(self) -> None:
+        """Stop what started: the pollers first (they invoke the runtime), the stand-ins last."""
+        for mapping in self.mappings:
+            mapping.stop()
+        if self.runtime is not None:
+            self.runtime.stop()
+        if self.sqs is not None:
+            self.sqs.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def use_project_environment(project: ProjectConfig, *, management_api: str, log: Log) -> None:
+    """The project's environment variables, AWS's (dummy ones unless set) and our Management API's."""
+    apply_environment(project.environment, os.environ)
+    for conflict in project.conflicts:
+        log.info(f"warning: {conflict}; one process shares one environment, the first value is used")
+    ensure_aws_environment(os.environ)
+    # The app's own Management API client (botocore honours this standard variable) must reach us.
+    os.environ["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = management_api
+
+
+def start_redis_unless_given(log: Log) -> EmbeddedRedis | None:
+    """The REDIS_URL the environment gives, or an embedded fakeredis started (and put into REDIS_URL)."""
+    if os.environ.get("REDIS_URL", "").strip():
+        log.info(f"redis: {redact(os.environ['REDIS_URL'])} (REDIS_URL)")
+        return None
+    embedded = EmbeddedRedis().start()
+    os.environ["REDIS_URL"] = embedded.url
+    log.info(f"redis: embedded in-process fakeredis at {embedded.url} (set REDIS_URL to use a real one)")
+    return embedded
+
+
+def start_sqs_unless_given(log: Log) -> SqsStandIn | None:
+    """The AWS_ENDPOINT_URL_SQS the environment gives, or moto's SQS started (and put into it)."""
+    if os.environ.get("AWS_ENDPOINT_URL_SQS", "").strip():
+        log.info(f"sqs: {os.environ['AWS_ENDPOINT_URL_SQS']} (AWS_ENDPOINT_URL_SQS)")
+        return None
+    stand_in = SqsStandIn().start()
+    os.environ["AWS_ENDPOINT_URL_SQS"] = stand_in.endpoint
+    log.info(f"sqs: in-process moto at {stand_in.endpoint} (AWS_ENDPOINT_URL_SQS)")
+    return stand_in
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(
         idle_timeout_seconds=args.idle_timeout_seconds,
         max_connection_seconds=args.max_connection_seconds,
         max_message_bytes=args.max_message_bytes,
@@ -305,72 +337,114 @@ def main(argv: list[str] | None = None) -> int:
         simulated_post_latency_seconds=args.post_latency_ms / 1000,
         max_outbound_bytes=args.max_outbound_bytes,
     )
-    gateway = gw.Gateway(
-        runtime.functions,
-        invoke=runtime.invoke,
-        runtime_exited=lambda: runtime.exited,
-        stage=stage,
-        api_id=args.api_id,
-        limits=limits,
-        log=log,
-        page=args.page,
-    )
+
+
+def log_functions(runtime: Runtime, log: Log) -> None:
     for route_key, function in sorted(runtime.functions.items()):
         log.info(
             f"{route_key:<12} -> {function.handler_string} ({function.function_name}, "
             f"timeout {function.timeout_seconds:g} s, {function.memory_mb} MB)"
         )
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        signals_seen = []
 
-        def begin_stopping(signum: int) -> None:
-            log.info(f"{signal.Signals(signum).name}: closing {len(gateway.connections)} connection(s)")
-            stop.set()
+def announce_and_start_pollers(
+    args: argparse.Namespace, project: ProjectConfig, services: Services, site: Site, log: Log
+) -> None:
+    """Once the gateway listens: where everything is served, then the SQS pollers start."""
+    host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    log.info(f"serving {project.app_name} at ws://{host}:{site.port}/{site.stage}")
+    log.info(f"Management API at {site.endpoint}/@connections/{{connection_id}}")
+    if REST_ROUTE_KEY in services.runtime.functions:
+        log.info(f"REST routes at http://{host}:{site.port}/ (as chalice local serves them)")
+    if args.page is not None:
+        log.info(f"page at http://{host}:{site.port}/ ({args.page})")
+    log.info(f"up to {args.concurrency} handlers at once in one runtime process (--concurrency)")
+    for mapping in services.mappings:
+        mapping.start()
 
-        def on_signal(signum: int, _frame) -> None:
-            """The first signal asks the loop to stop; a second one ends the process at once, wherever
-            the shutdown is: the loop may be closed by then (the pollers and the runtime stop after
-            it), so the second is handled here, not on the loop."""
-            signals_seen.append(signum)
-            if len(signals_seen) > 1:
-                # Not through the Log: its lock may be held by the very line this signal interrupted.
-                os.write(sys.stdout.fileno(), b"localgw: second signal: exiting now\n")
-                os._exit(130)
-            loop.call_soon_threadsafe(begin_stopping, signum)
 
-        # Not loop.add_signal_handler: it learns of a signal through the loop's self-pipe, which
-        # thousands of handler completions (call_soon_threadsafe) can fill, and a signal whose
-        # wakeup byte finds the pipe full is lost. A plain handler runs in the main thread however
-        # busy the pipe is, and call_soon_threadsafe queues its callback even when it cannot write.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, on_signal)
+async def serve_until_signalled(
+    gateway: Gateway, sockets: list[socket.socket], *, on_ready: Callable[[], None], log: Log
+) -> None:
+    """Serve until SIGINT or SIGTERM, then close every connection; a second signal exits at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = []
 
-        def ready() -> None:
-            ws_host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-            log.info(f"serving {project.app_name} at ws://{ws_host}:{port}/{stage}")
-            log.info(f"Management API at {endpoint}/@connections/{{connection_id}}")
-            if rest.ROUTE_KEY in runtime.functions:
-                log.info(f"REST routes at http://{ws_host}:{port}/ (as chalice local serves them)")
-            if args.page is not None:
-                log.info(f"page at http://{ws_host}:{port}/ ({args.page})")
-            log.info(f"up to {args.concurrency} handlers at once in one runtime process (--concurrency)")
-            for mapping in mappings:
-                mapping.start()
+    def begin_stopping(signum: int) -> None:
+        log.info(f"{signal.Signals(signum).name}: closing {len(gateway.connections)} connection(s)")
+        stop.set()
 
-        await gw.serve(gateway, sockets, on_ready=ready, stop=stop)
+    def on_signal(signum: int, _frame) -> None:
+        """The first signal asks the loop to stop; a second one ends the process at once, wherever
+        the shutdown is: the loop may be closed by then (the pollers and the runtime stop after
+        it), so the second is handled here, not on the loop."""
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:
+            # Not through the Log: its lock may be held by the very line this signal interrupted.
+            os.write(sys.stdout.fileno(), b"localgw: second signal: exiting now\n")
+            os._exit(130)
+        loop.call_soon_threadsafe(begin_stopping, signum)
 
+    # Not loop.add_signal_handler: it learns of a signal through the loop's self-pipe, which
+    # thousands of handler completions (call_soon_threadsafe) can fill, and a signal whose
+    # wakeup byte finds the pipe full is lost. A plain handler runs in the main thread however
+    # busy the pipe is, and call_soon_threadsafe queues its callback even when it cannot write.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    await serve(gateway, sockets, on_ready=on_ready, stop=stop)
+
+
+def _unservable(reason: object) -> int:
+    """Say why the project cannot be served; returns the exit status that says so."""
+    print(f"localgw: {reason}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options, read the project, listen, start what the app needs, serve until a signal,
+    stop it all."""
+    args = parse_args(argv)
+    log = Log(verbose=args.verbose, app_logs=args.app_logs)
     try:
-        asyncio.run(run())
+        project = read_config(args.project_dir.resolve(), args.chalice_stage)
+    except ProjectError as exc:
+        return _unservable(exc)
+    stage = args.stage or project.scoped(FUNCTION_NAMES[ROUTE_DEFAULT]).api_gateway_stage or "api"
+    try:
+        site = Site(bind(args.host, args.port), stage)
+    except OSError as exc:
+        return _unservable(f"cannot listen on {args.host}:{args.port}: {exc}")
+
+    services = Services()
+    try:
+        services.start(project, args, endpoint=site.endpoint, log=log)
+    except (ProjectError, BotoCoreError, ClientError) as exc:
+        status = _unservable(exc)
+        services.stop()
+        return status
+    runtime = services.runtime
+    gateway = Gateway(
+        runtime.functions,
+        invoke=runtime.invoke,
+        runtime_exited=lambda: runtime.exited,
+        stage=stage,
+        api_id=args.api_id,
+        limits=limits_from(args),
+        log=log,
+        page=args.page,
+    )
+    log_functions(runtime, log)
+    try:
+        asyncio.run(
+            serve_until_signalled(
+                gateway,
+                site.sockets,
+                on_ready=lambda: announce_and_start_pollers(args, project, services, site, log),
+                log=log,
+            )
+        )
     finally:
-        for mapping in mappings:
-            mapping.stop()
-        runtime.stop()
-        if stand_in is not None:
-            stand_in.stop()
-        if embedded is not None:
-            embedded.stop()
+        services.stop()
     log.info("stopped")
     return 0

@@ -1,5 +1,6 @@
 """Loading a Chalice project the way ``chalice local`` does, and finding its functions: the one place
-that reads Chalice's configuration and app structures (WebSocket handlers, REST, SQS event sources).
+that reads Chalice's configuration and app structures (WebSocket handlers, REST, SQS event sources),
+and that names the functions Chalice deploys for them.
 
 1. Read ``.chalice/config.json`` through Chalice's own ``Config`` (the same lookup chains ``chalice
    deploy`` uses), for the chosen stage.
@@ -31,12 +32,16 @@ from chalice.constants import DEFAULT_LAMBDA_MEMORY_SIZE, DEFAULT_LAMBDA_TIMEOUT
 from localgw.lambdaenv import LambdaFunction
 from testing.apigw import ROUTE_CONNECT, ROUTE_DEFAULT, ROUTE_DISCONNECT
 
-# The function (resource) names Chalice's app graph gives the WebSocket handlers, by route.
+# The function (resource) names Chalice's app graph gives the WebSocket handlers, by route: the gateway
+# knows each function by its route key.
 FUNCTION_NAMES = {
     ROUTE_CONNECT: "websocket_connect",
     ROUTE_DEFAULT: "websocket_message",
     ROUTE_DISCONNECT: "websocket_disconnect",
 }
+# The function Chalice deploys the REST routes as, and the key the gateway knows it by.
+REST_FUNCTION_NAME = "api_handler"
+REST_ROUTE_KEY = "REST"
 
 
 class ProjectError(Exception):
@@ -156,7 +161,7 @@ def websocket_functions(app, project: ProjectConfig, *, region: str) -> dict[str
 
 def rest_function(project: ProjectConfig, *, region: str) -> LambdaFunction:
     """The function Chalice deploys the app's REST routes as (``app.app``, the Chalice app itself)."""
-    return _function(project, "api_handler", "app.app", None, region=region, deployed_name="")
+    return _function(project, REST_FUNCTION_NAME, "app.app", None, region=region, deployed_name="")
 
 
 def _function(
@@ -250,6 +255,8 @@ def ensure_aws_environment(env: MutableMapping[str, str]) -> list[str]:
 
 __all__ = [
     "FUNCTION_NAMES",
+    "REST_FUNCTION_NAME",
+    "REST_ROUTE_KEY",
     "ProjectConfig",
     "ProjectError",
     "SqsSource",

@@ -19,9 +19,6 @@ from chalice.local import LocalGateway, LocalGatewayException, RouteMatcher
 
 from testing.sigv4 import authorization_problem
 
-# The function Chalice deploys the REST routes as, and the key the gateway knows it by.
-FUNCTION_NAME = "api_handler"
-ROUTE_KEY = "REST"
 MISSING_AUTHENTICATION = b'{"message": "Missing Authentication Token"}'
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 from localgw import rest
 from localgw.lambdaenv import HandlerError, LambdaFunction, invoke
 from localgw.project import (
+    REST_FUNCTION_NAME,
+    REST_ROUTE_KEY,
     ProjectError,
     SqsSource,
     import_app,
@@ -249,8 +251,8 @@ def _serve(
         functions.update({key: function for key, (function, _) in sqs.items()})
         rest_api = None
         if app.routes:
-            functions[rest.ROUTE_KEY] = rest_function(project, region=region)
-            rest_api = rest.RestApi(app, project.scoped(rest.FUNCTION_NAME))
+            functions[REST_ROUTE_KEY] = rest_function(project, region=region)
+            rest_api = rest.RestApi(app, project.scoped(REST_FUNCTION_NAME))
         point_websocket_api_at(app, endpoint)
     except ProjectError as error:
         connection.send(("error", str(error)))
@@ -268,7 +270,7 @@ def _serve(
 
     def run(invocation: int, name: str, event: dict, timeout_seconds: float) -> None:
         try:
-            if name == rest.FUNCTION_NAME:
+            if name == REST_FUNCTION_NAME:
                 response, error = rest_api.handle(**event), None
             else:
                 response, error = invoke(by_name[name], event, timeout_seconds=timeout_seconds)[0], None
