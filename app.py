@@ -39,15 +39,16 @@ def broadcaster() -> Broadcaster:
 
 
 @contextlib.contextmanager
-def _invocation(context, *, connection_id: str, route: str) -> Iterator[None]:
+def _invocation(context, *, connection_id: str, route: str) -> Iterator[float]:
     """What every invocation has around it: its log lines' keys, and its one EMF metrics document
-    (written on the way out, whatever the outcome), as Powertools' logger and metrics decorators do."""
+    (written on the way out, whatever the outcome), as Powertools' logger and metrics decorators do;
+    gives the seconds Lambda leaves the invocation."""
     namespace = configured().settings.metrics_namespace
     with (
         invocation_keys(request_id=request_id_of(context), connection_id=connection_id, route=route),
         metrics.recording(namespace, context.function_name),
     ):
-        yield
+        yield context.get_remaining_time_in_millis() / 1000
 
 
 def _websocket(handler: Callable[[GatewayEvent, float], dict]) -> Callable[[WebsocketEvent], dict]:
@@ -56,9 +57,9 @@ def _websocket(handler: Callable[[GatewayEvent, float], dict]) -> Callable[[Webs
     @functools.wraps(handler)
     def on_event(event: WebsocketEvent) -> dict:
         gateway_event = GatewayEvent.from_dict(event.to_dict())
-        context = event.context
-        with _invocation(context, connection_id=gateway_event.connection_id, route=gateway_event.route_key):
-            return handler(gateway_event, context.get_remaining_time_in_millis() / 1000)
+        route = gateway_event.route_key
+        with _invocation(event.context, connection_id=gateway_event.connection_id, route=route) as remaining:
+            return handler(gateway_event, remaining)
 
     return on_event
 
@@ -86,18 +87,15 @@ def disconnect(event: GatewayEvent, remaining_seconds: float) -> dict:
 @app.on_sqs_message(queue="ws-broadcast-fanout", batch_size=1, name="fanout_worker")
 def fanout_worker(event: SQSEvent) -> dict:
     """Delivers queued broadcasts' jobs; the jobs to retry are reported, so SQS retries only those."""
-    context = event.context
-    with _invocation(context, connection_id="", route="fanout"):
+    with _invocation(event.context, connection_id="", route="fanout") as remaining_seconds:
         records = [(record.to_dict()["messageId"], record.body) for record in event]
-        retry = configured().worker.deliver_jobs(records, context.get_remaining_time_in_millis() / 1000)
+        retry = configured().worker.deliver_jobs(records, remaining_seconds)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
 
 
 @app.route("/publish", methods=["POST"], authorizer=IAMAuthorizer(), content_types=["application/json"])
 def publish_from_backend() -> Response:
     """A backend publishes with a SigV4-signed request (``ws_broadcast_client.publish_from_backend``): the same envelope."""
-    context = app.lambda_context
-    with _invocation(context, connection_id="", route="POST /publish"):
-        remaining_seconds = context.get_remaining_time_in_millis() / 1000
+    with _invocation(app.lambda_context, connection_id="", route="POST /publish") as remaining_seconds:
         status, report = broadcaster().publish_from_backend(app.current_request.raw_body, remaining_seconds)
     return Response(body=report, status_code=status, headers={"Content-Type": "application/json"})
