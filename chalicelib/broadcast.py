@@ -110,9 +110,10 @@ class Broadcaster:
                 channels,
             )
         except ServiceError as refusal:
-            if isinstance(refusal, RegistryUnavailable):
+            outage = isinstance(refusal, RegistryUnavailable)
+            if outage:
                 logger.exception("connect failed: registry unavailable")
-            return _refuse_handshake(refusal, logged=isinstance(refusal, RegistryUnavailable))
+            return _refuse_handshake(refusal, logged=outage)
         logger.info("connected", extra={"principal": admission.principal, "channels": list(channels)})
         metrics.current().count(metrics.CONNECTED)
         if admission.subprotocol:
@@ -215,9 +216,7 @@ class Broadcaster:
         """Post the missed messages one after another (their order is the point), through the same
         fan-out as any publish (retries, deadline); stop at the first that fails: the client sees the
         gap by its offsets and recovers again."""
-        deadline = started + max(
-            0.0, min(self._publish_deadline_seconds, remaining_seconds - RETURN_MARGIN_SECONDS)
-        )
+        deadline = self._deadline(started, remaining_seconds)
         replayed = 0
         for message in messages:
             report = self._fanout.deliver(
@@ -335,6 +334,13 @@ class Broadcaster:
         metrics.current().count(metrics.PUBLISHED)
         return publish_id
 
+    def _deadline(self, started: float, remaining_seconds: float) -> float:
+        """When a publish's posts must be done (a ``clock()`` value): ``PUBLISH_DEADLINE_SECONDS`` after
+        it started, or earlier when Lambda leaves less, with time kept back to log and return."""
+        return started + max(
+            0.0, min(self._publish_deadline_seconds, remaining_seconds - RETURN_MARGIN_SECONDS)
+        )
+
     def _deliver(
         self,
         api: ManagementApi,
@@ -346,8 +352,8 @@ class Broadcaster:
         remaining_seconds: float,
     ) -> DeliveryReport:
         """Post to every recipient within the deadline, forget the gone and stale, log the outcome once."""
-        budget = min(self._publish_deadline_seconds, remaining_seconds - RETURN_MARGIN_SECONDS)
-        report = self._fanout.deliver(api.post_many, payload, recipients, deadline=started + max(0.0, budget))
+        deadline = self._deadline(started, remaining_seconds)
+        report = self._fanout.deliver(api.post_many, payload, recipients, deadline=deadline)
         for connection_id, reason in list(report.failed.items())[:_MAX_FAILURE_LINES]:
             logger.warning("delivery failed", extra={"recipient": connection_id, "reason": reason})
         try:

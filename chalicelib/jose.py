@@ -1,11 +1,11 @@
 """The JOSE this service reads: compact JWS tokens, and HS256 keys that verify them.
 
 On the standard library alone (base64, json, hmac). RS256 and ES256 keys come from ``chalicelib.jwk``,
-which needs ``cryptography`` and is imported only by a stage with a JWKS. PyJWT, which this replaces,
-imports cryptography's X.509 and serialization modules whatever the algorithm: time of ``$connect``'s
-cold start that an HS256 stage does not need (bench/README.md, "Figures once written in the code",
-and README, Performance). Nothing here decides
-what a token may be (``chalicelib.tokens`` does): it parses strictly and checks signatures.
+imported only by a stage with a JWKS. PyJWT, which this replaces, imports cryptography's X.509 and
+serialization modules whatever the algorithm: time of ``$connect``'s cold start that an HS256 stage
+does not need (bench/README.md, "Figures once written in the code", and README, Performance).
+Nothing here decides what a token may be (``chalicelib.tokens`` does): it parses strictly and checks
+signatures.
 """
 
 from __future__ import annotations

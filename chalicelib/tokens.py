@@ -1,8 +1,8 @@
 """JWT verification: keys from a JWKS (RS256, ES256) or one HS256 secret, claims, and when to fetch.
 
 Imported only when ``AUTH_MODE=jwt``. Tokens are parsed and HS256 checked on the standard library
-(``chalicelib.jose``); RS256/ES256 keys come from ``chalicelib.jwk`` (cryptography's primitives), imported
-only by a stage with a JWKS. The accepted algorithms come from the configuration, never from the token:
+(``chalicelib.jose``); RS256/ES256 keys come from ``chalicelib.jwk`` (RS256 on the standard library,
+ES256 on cryptography's primitives), imported only by a stage with a JWKS. The accepted algorithms come from the configuration, never from the token:
 with a JWKS only RS256 and ES256, with a secret only HS256; ``alg: none`` and anything else is refused
 before any key is looked at. Key sources sit behind a small seam (``fetch``/``load`` callables) so that
 tests serve real keys from a real local HTTP server, and nothing here knows where a key came from.

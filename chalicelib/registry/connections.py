@@ -208,8 +208,8 @@ class ConnectionRegistry:
             )
             return self._one_shard_publish(reply)
 
-        def sender_checks() -> bool:
-            return self._run_message(MessageMode.CHECK, sender, connected_at_ms, channel=channel)[1] == 1
+        def sender_checks() -> None:
+            self._run_message(MessageMode.CHECK, sender, connected_at_ms, channel=channel)
 
         return self._sharded_publish(channel, payload, sender_checks)
 
@@ -349,7 +349,7 @@ class ConnectionRegistry:
         return self._snapshot(reply[3][0::2], reply[3][1::2], suffix=reply[2])
 
     def _sharded_publish(
-        self, channel: str | None, payload: bytes, sender_checks: Callable[[], bool] | None
+        self, channel: str | None, payload: bytes, sender_checks: Callable[[], None] | None
     ) -> Snapshot | Queued:
         """Two round trips, each of two requests side by side in different slots: the sender's checks
         (``sender_checks``: its script in its shard; None for a backend publish) with the audience's size

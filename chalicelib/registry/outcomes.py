@@ -1,6 +1,7 @@
 """What the registry answers: its exceptions (each a ``ServiceError`` with its status, code and text;
-each refusal of a message saying whether to answer it), its settings objects (``Limits``, ``History``) and its outcomes (``Snapshot``, ``Queued``,
-``Joined``, ``Recovery``, ``Presence``). Plain data: no Redis here.
+each refusal of a message saying whether to answer it), its settings objects (``Limits``,
+``History``) and its outcomes (``Snapshot``, ``Queued``, ``Joined``, ``Recovery``, ``Presence``). Plain
+data: no Redis here.
 """
 
 from __future__ import annotations
