@@ -62,8 +62,13 @@ def test_a_client_closed_by_the_gateway_recovers_every_missed_message_once_and_i
         # WHEN the gateway closes the reader (its connection's maximum age) and messages go on meanwhile
         await asyncio.wait_for(reader.wait_closed(), 10)
         publisher = await connected(gw)  # the publisher was closed by the same rule
+        await subscribed(publisher, "room-1")
         for n in range(3):
-            await publisher.send(json.dumps({"type": 2, "data": n, "channel": "room-1"}))
+            await publisher.send(json.dumps({"type": 2, "data": n, "channel": "room-1", "echo": True}))
+        # its own three copies: all three are published before the reader comes back (so none can
+        # arrive live instead of in the replay)
+        for _ in range(3):
+            await next_json(publisher)
         # THEN the reader, back, recovers them: the ack, then each once, in offset order
         back = await connected(gw)
         ack = await subscribed(back, "room-1", {"offset": seen["offset"], "epoch": seen["epoch"]})
