@@ -1,7 +1,8 @@
 """The client: a post signed and sent, its answer mapped to what the caller must do.
 
-A post is signed by botocore's own ``SigV4Auth`` with the session's credential chain (session tokens
-and refresh included), exactly as boto3's ``post_to_connection`` signs it. Failures come out as one
+A post is signed as botocore's ``SigV4Auth`` signs it (``sigv4``: the same headers, for a fraction of
+its CPU), with the session's credential chain (session tokens and refresh included), exactly as
+boto3's ``post_to_connection`` signs it. Failures come out as one
 small exception tree keyed by what the caller must do: ``Gone`` (forget the connection),
 ``DeliveryError.retryable`` (post again after a backoff: 429, 502, 503, or a dial that failed before
 anything was sent) and everything else (log and count).
@@ -16,13 +17,12 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 import boto3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.handlers import add_recursion_detection_header
 
 from chalicelib.management_api.endpoint import endpoint_url
 from chalicelib.management_api.http11 import encode_request
+from chalicelib.management_api.sigv4 import PostSigner, payload_hash
 from chalicelib.management_api.transport import (
     CONNECT_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
@@ -74,7 +74,7 @@ class ManagementApi:
         self._host_header = parts.hostname if parts.port in (None, default_port) else parts.netloc
         self._dialer = Dialer.for_endpoint(session, self.endpoint, config)
         self._credentials = session.get_credentials()
-        self._region = region
+        self._signer = PostSigner(host=self._host_header, region=region, service=SIGNING_SERVICE)
         self._local = threading.local()
 
     def post(self, connection_id: str, data: bytes, *, deadline: float | None = None) -> None:
@@ -97,9 +97,10 @@ class ManagementApi:
         trace = {}
         add_recursion_detection_header({"headers": trace})  # X-Amzn-Trace-Id in Lambda, as botocore sends it
         posts = [_Post(connection_id) for connection_id in connection_ids]
+        body_hash = payload_hash(data)
         for index, post in enumerate(posts):
             try:
-                post.request = self._signed(post.connection_id, data, trace)
+                post.request = self._signed(post.connection_id, data, body_hash, trace)
                 post.connection = self._send(index, post.request, deadline)
             except TransportFailure as failure:
                 post.failure = _no_answer(post.connection_id, failure)
@@ -116,17 +117,16 @@ class ManagementApi:
             return self._send(index, request, deadline, again=True)
         return connection
 
-    def _signed(self, connection_id: str, data: bytes, extra_headers: dict[str, str]) -> bytes:
-        """The whole request, signed by botocore's SigV4 signer with fresh (refreshed) credentials."""
+    def _signed(
+        self, connection_id: str, data: bytes, body_hash: str, extra_headers: dict[str, str]
+    ) -> bytes:
+        """The whole request, signed as botocore signs it, with fresh (refreshed) credentials."""
         if self._credentials is None:
             raise TransportFailure("NoCredentialsError")
         path = f"{self._base_path}/@connections/{quote(connection_id, safe='')}"
-        request = AWSRequest(
-            method="POST", url=self._origin + path, data=data, headers={"Host": self._host_header}
-        )
-        SigV4Auth(self._credentials.get_frozen_credentials(), SIGNING_SERVICE, self._region).add_auth(request)
+        signed = self._signer.headers(self._credentials.get_frozen_credentials(), path, body_hash)
         request_line = f"POST {self._dialer.request_target(self._origin, path)} HTTP/1.1"
-        headers = {**self._dialer.headers, **request.headers, **extra_headers}
+        headers = {**self._dialer.headers, "Host": self._host_header, **signed, **extra_headers}
         return encode_request(request_line, headers.items(), data)
 
     def _answer(self, index: int, post: _Post, deadline: float) -> DeliveryError | None:
