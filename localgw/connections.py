@@ -35,12 +35,10 @@ class Connection:
         self.opened_monotonic = self.last_active_monotonic
         self.last_active_ms = info.connected_at_ms
         self.server_close: tuple[int, str] | None = None
-        self.activity = asyncio.Event()  # wakes the idle watchdog
 
     def touch(self) -> None:
         self.last_active_monotonic = time.monotonic()
         self.last_active_ms = events.now_ms()
-        self.activity.set()
 
     def close(self, code: int, reason: str, *, abandon: bool = False) -> asyncio.Task | None:
         """Start closing from the gateway's side; idempotent. The receive loop then fires $disconnect.
