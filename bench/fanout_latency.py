@@ -21,14 +21,19 @@ import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 import websockets
 
 from bench.common import AWS_ENV, REPO, Figure, at_most, https_files, percentile
 from bench.tls_terminator import TlsTerminator
+from chalicelib.registry.keys import Keys
+from chalicelib.settings import Settings
 from testing.gateway_process import GatewayProcess
 from testing.redis_server import RedisServer
 from testing.tls import TlsFiles
@@ -43,6 +48,7 @@ CASES = [(100, 9, 3), (1000, 9, 2), (5000, 5, 0)]  # (clients, repeats of ours, 
 CASES_REPEATS = {clients: repeats for clients, repeats, _ in CASES}
 SWEEP_WORKERS = (8, 16, 32, 64, 128)
 GOAL_CLIENTS = 1000  # the population the goals are set for
+IDEAL_GOALS = (at_most(1.15), at_most(1.25))  # p50's and p95's against the ideal bound at GOAL_CLIENTS
 DELIVERY_TIMEOUT_SECONDS = 120
 NO_LIMITS = {"MAX_POSTS_PER_SECOND": "0", "PUBLISH_RATE_PER_SECOND": "0"}
 
@@ -62,36 +68,98 @@ class LostDeliveries(AssertionError):
     """A publish did not reach every recipient: the figure would be meaningless, so the run fails."""
 
 
-async def _publish_times(gateway: GatewayProcess, clients_count: int, repeats: int) -> list[float]:
-    """Seconds from each publish to its last delivery, over ``repeats`` publishes."""
-    clients = await connect_all(gateway.url, clients_count)
-    sender, recipients = clients[0], clients[1:]
+class MinimalPoster:
+    """bench/minimal_poster.py in its own process, posting through the same gateway as our app."""
+
+    def __init__(self, gateway: GatewayProcess) -> None:
+        parts = urlsplit(gateway.url)
+        port, stage = parts.port, parts.path.strip("/")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.minimal_poster", str(port), stage, str(SHIPPED_WORKERS)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self._process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the minimal poster did not start")
+
+    def start(self, ids: list[str], payload: str) -> None:
+        """Start posting ``payload`` to ``ids``; ``finished`` says when the last answer came."""
+        self._process.stdin.write(json.dumps({"ids": ids, "payload": payload}) + "\n")
+        self._process.stdin.flush()
+
+    def finished(self) -> None:
+        if not self._process.stdout.readline():
+            raise LostDeliveries(f"the minimal poster exited with {self._process.wait()}")
+
+    def stop(self) -> None:
+        self._process.stdin.close()
+        self._process.wait(timeout=10)
+
+
+async def _delivered(recipients: list, expected_data, repeat: int, gateway: GatewayProcess) -> float:
+    """Once the publish has started: when (``perf_counter``) the last recipient had ``expected_data``."""
+    arrivals = [asyncio.ensure_future(client.recv()) for client in recipients]
+    done, missing = await asyncio.wait(arrivals, timeout=DELIVERY_TIMEOUT_SECONDS)
+    finished = time.perf_counter()
+    if missing:
+        for arrival in missing:
+            arrival.cancel()
+        failures = [line for line in gateway.output().splitlines() if "delivery failed" in line]
+        raise LostDeliveries(
+            f"publish {repeat} reached {len(done)} of {len(recipients)} recipients within "
+            f"{DELIVERY_TIMEOUT_SECONDS} s; the app logged {len(failures)} failed deliveries"
+            + "".join(f"\n  {line}" for line in failures[:5])
+        )
+    if not all(json.loads(arrival.result())["data"] == expected_data for arrival in done):
+        raise LostDeliveries(f"publish {repeat}: a recipient received an earlier message")
+    return finished
+
+
+async def _publish_times(
+    gateway: GatewayProcess, redis_server: RedisServer, clients_count: int, repeats: int, *, minimal: bool
+) -> dict[str, list[float]]:
+    """Seconds from each publish to its last delivery, over ``repeats`` publishes by our app (``ours``)
+    and, with ``minimal``, as many by the minimal poster to the same recipients, taking turns."""
+    sender = (await connect_all(gateway.url, 1))[0]  # alone in the registry: its id is the one there
+    sender_id = registry_ids(redis_server)[0] if minimal else None
+    recipients = await connect_all(gateway.url, clients_count - 1)
+    poster = MinimalPoster(gateway) if minimal else None
+    recipient_ids = [i for i in registry_ids(redis_server) if i != sender_id] if minimal else []
+    samples: dict[str, list[float]] = {"ours": [], **({"minimal": []} if minimal else {})}
     try:
-        samples = []
-        for repeat in range(repeats + 1):  # the first publish warms the container up and is not counted
-            message = json.dumps({"type": 99, "data": {"repeat": repeat}})
-            arrivals = [asyncio.ensure_future(client.recv()) for client in recipients]
+        for repeat in range(repeats + 1):  # the first publish warms everything up and is not counted
+            expected = {"repeat": repeat}
+            arrivals = asyncio.ensure_future(_delivered(recipients, expected, repeat, gateway))
             started = time.perf_counter()
-            await sender.send(message)
-            done, missing = await asyncio.wait(arrivals, timeout=DELIVERY_TIMEOUT_SECONDS)
-            finished = time.perf_counter()
-            if missing:
-                for arrival in missing:
-                    arrival.cancel()
-                failures = [line for line in gateway.output().splitlines() if "delivery failed" in line]
-                raise LostDeliveries(
-                    f"publish {repeat} reached {len(done)} of {len(recipients)} recipients within "
-                    f"{DELIVERY_TIMEOUT_SECONDS} s; the app logged {len(failures)} failed deliveries"
-                    + "".join(f"\n  {line}" for line in failures[:5])
-                )
-            received = [arrival.result() for arrival in done]
-            if not all(json.loads(text)["data"] == {"repeat": repeat} for text in received):
-                raise LostDeliveries(f"publish {repeat}: a recipient received an earlier message")
+            await sender.send(json.dumps({"type": 99, "data": expected}))
+            finished = await arrivals
             if repeat:
-                samples.append(finished - started)
+                samples["ours"].append(finished - started)
+            if poster is None:
+                continue
+            expected = {"repeat": repeat, "by": "the minimal poster"}
+            arrivals = asyncio.ensure_future(_delivered(recipients, expected, repeat, gateway))
+            await asyncio.sleep(0)  # every recipient is waiting before the first post leaves
+            started = time.perf_counter()
+            poster.start(recipient_ids, json.dumps({"type": 99, "data": expected}))
+            finished = await arrivals
+            await asyncio.get_running_loop().run_in_executor(None, poster.finished)
+            if repeat:
+                samples["minimal"].append(finished - started)
         return samples
     finally:
-        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+        if poster is not None:
+            poster.stop()
+        await asyncio.gather(*(client.close() for client in [sender, *recipients]), return_exceptions=True)
+
+
+def registry_ids(redis_server: RedisServer) -> list[str]:
+    """The connection ids the app registered (one shard, the default prefix)."""
+    keys = Keys(Settings.redis_key_prefix, 1)
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as client:
+        return client.hkeys(keys.registry(0))
 
 
 def measure(
@@ -103,9 +171,11 @@ def measure(
     repeats: int,
     env: dict,
     tls: TlsFiles | None = None,
-) -> list[float]:
-    """Seconds from each publish to its last delivery; with ``tls``, the app posts over HTTPS to a
-    TLS-terminating proxy in front of the gateway's Management API, trusted through AWS_CA_BUNDLE."""
+    minimal: bool = False,
+) -> dict[str, list[float]]:
+    """Seconds from each publish to its last delivery (``ours``; with ``minimal``, the minimal poster's
+    beside them); with ``tls``, the app posts over HTTPS to a TLS-terminating proxy in front of the
+    gateway's Management API, trusted through AWS_CA_BUNDLE."""
     args, terminator = ["--post-latency-ms", str(LATENCY_MS)], None
     if tls is not None:
         terminator = TlsTerminator(tls)
@@ -128,13 +198,15 @@ def measure(
             terminator.forward_to(gateway.port)
         try:
             redis_server_flush(redis_server)
-            samples = asyncio.run(_publish_times(gateway, clients, repeats))
+            samples = asyncio.run(_publish_times(gateway, redis_server, clients, repeats, minimal=minimal))
             label = env.get("BASELINE_STRATEGY") or f"ours, {env.get('FANOUT_WORKERS')} workers"
             scheme = "https" if tls else "http"
-            print(
-                f"fanout: N={clients} {label}, {scheme}: {', '.join(f'{s:.3f}' for s in samples)} s",
-                flush=True,
-            )
+            for name, values in samples.items():
+                print(
+                    f"fanout: N={clients} {label if name == 'ours' else 'the minimal poster'}, {scheme}: "
+                    f"{', '.join(f'{s:.3f}' for s in values)} s",
+                    flush=True,
+                )
             return samples
         finally:
             gateway.stop(timeout=120)  # thousands of $disconnect invocations run first
@@ -152,8 +224,8 @@ def ideal_seconds(clients: int, workers: int) -> float:
     return math.ceil((clients - 1) / workers) * LATENCY_MS / 1000
 
 
-def against_ideal(case: str, clients: int, samples: list[float]) -> list[Figure]:
-    """p50 and p95 of our fan-out against the ideal bound (with their goals at GOAL_CLIENTS)."""
+def against_ideal(case: str, clients: int, samples: list[float], goals=(None, None)) -> list[Figure]:
+    """p50 and p95 of our fan-out against the ideal bound, with ``goals`` (p50's, p95's)."""
     return [
         Figure(
             "fan-out latency",
@@ -162,14 +234,32 @@ def against_ideal(case: str, clients: int, samples: list[float]) -> list[Figure]
             percentile(samples, fraction),
             ideal_seconds(clients, SHIPPED_WORKERS),
             f"ideal ceil(N/{SHIPPED_WORKERS}) x latency",
-            at_most(1.5) if clients == GOAL_CLIENTS else None,
+            goal,
+        )
+        for (name, fraction), goal in zip((("p50", 0.5), ("p95", 0.95)), goals, strict=True)
+    ]
+
+
+def against_minimal(case: str, samples: dict[str, list[float]]) -> list[Figure]:
+    """p50 and p95 of our fan-out against the minimal poster's through the same gateway, taking turns:
+    what our app adds to a fan-out, apart from what the gateway and the machine cost any poster."""
+    return [
+        Figure(
+            "fan-out latency",
+            f"{case} {name}, against the minimal poster",
+            "s",
+            percentile(samples["ours"], fraction),
+            percentile(samples["minimal"], fraction),
+            "the minimal poster, same gateway, taking turns",
+            at_most(1.05),
         )
         for name, fraction in (("p50", 0.5), ("p95", 0.95))
     ]
 
 
-def ours_at_goal(tmp_dir: Path, redis_server: RedisServer, *, tls=None) -> list[float]:
-    """Our fan-out's samples at GOAL_CLIENTS with the shipped workers, over HTTP or (``tls``) HTTPS."""
+def at_goal(tmp_dir: Path, redis_server: RedisServer, *, tls=None, minimal=False) -> dict[str, list[float]]:
+    """Our fan-out's samples at GOAL_CLIENTS with the shipped workers, over HTTP or (``tls``) HTTPS;
+    with ``minimal``, the minimal poster's beside them."""
     return measure(
         tmp_dir,
         redis_server,
@@ -178,13 +268,24 @@ def ours_at_goal(tmp_dir: Path, redis_server: RedisServer, *, tls=None) -> list[
         repeats=CASES_REPEATS[GOAL_CLIENTS],
         env={"FANOUT_WORKERS": str(SHIPPED_WORKERS)},
         tls=tls,
+        minimal=minimal,
     )
+
+
+def goal_case(tmp_dir: Path, redis_server: RedisServer) -> tuple[list[Figure], list[float]]:
+    """The case the goals are set for (GOAL_CLIENTS over HTTP): its figures, and our samples."""
+    samples = at_goal(tmp_dir, redis_server, minimal=True)
+    case = f"N={GOAL_CLIENTS}, {LATENCY_MS} ms/post"
+    return [
+        *against_ideal(case, GOAL_CLIENTS, samples["ours"], IDEAL_GOALS),
+        *against_minimal(case, samples),
+    ], samples["ours"]
 
 
 def https_case(tmp_dir: Path, redis_server: RedisServer, *, http: list[float]) -> list[Figure]:
     """Ours at GOAL_CLIENTS with every post over HTTPS, against the ideal bound and against ``http``
     (the same case's samples over HTTP)."""
-    https = ours_at_goal(tmp_dir, redis_server, tls=https_files(tmp_dir / "tls"))
+    https = at_goal(tmp_dir, redis_server, tls=https_files(tmp_dir / "tls"))["ours"]
     case = f"N={GOAL_CLIENTS}, {LATENCY_MS} ms/post"
     return [
         *against_ideal(f"{case}, https", GOAL_CLIENTS, https),
@@ -200,14 +301,13 @@ def https_case(tmp_dir: Path, redis_server: RedisServer, *, http: list[float]) -
 
 
 def run_https(tmp_dir: Path) -> list[Figure]:
-    """Only the HTTPS case and its HTTP counterpart (``python -m bench fanout-https``)."""
+    """Only the case of the goals and its HTTPS counterpart (``python -m bench fanout-https``)."""
     os.environ.update(AWS_ENV)
     redis_server = RedisServer(tmp_dir / "redis-fanout-https")
     redis_server.start()
     try:
-        http = ours_at_goal(tmp_dir, redis_server)
-        case = f"N={GOAL_CLIENTS}, {LATENCY_MS} ms/post"
-        return [*against_ideal(case, GOAL_CLIENTS, http), *https_case(tmp_dir, redis_server, http=http)]
+        figures, http = goal_case(tmp_dir, redis_server)
+        return [*figures, *https_case(tmp_dir, redis_server, http=http)]
     finally:
         redis_server.stop()
 
@@ -219,18 +319,20 @@ def run(tmp_dir: Path) -> list[Figure]:
     figures = []
     try:
         for clients, repeats, baseline_repeats in CASES:
-            ours = measure(
-                tmp_dir,
-                redis_server,
-                project_dir=REPO,
-                clients=clients,
-                repeats=repeats,
-                env={"FANOUT_WORKERS": str(SHIPPED_WORKERS)},
-            )
             case = f"N={clients}, {LATENCY_MS} ms/post"
-            figures += against_ideal(case, clients, ours)
             if clients == GOAL_CLIENTS:
-                figures += https_case(tmp_dir, redis_server, http=ours)
+                goal_figures, ours = goal_case(tmp_dir, redis_server)
+                figures += [*goal_figures, *https_case(tmp_dir, redis_server, http=ours)]
+            else:
+                ours = measure(
+                    tmp_dir,
+                    redis_server,
+                    project_dir=REPO,
+                    clients=clients,
+                    repeats=repeats,
+                    env={"FANOUT_WORKERS": str(SHIPPED_WORKERS)},
+                )["ours"]
+                figures += against_ideal(case, clients, ours)
             for strategy, label in (
                 ("sequential", "one post after another (boto3)"),
                 ("chalice_send", "Chalice websocket_api.send loop"),
@@ -244,7 +346,7 @@ def run(tmp_dir: Path) -> list[Figure]:
                     clients=clients,
                     repeats=baseline_repeats,
                     env={"BASELINE_STRATEGY": strategy},
-                )
+                )["ours"]
                 goal = (
                     at_most(0.033, "30x faster")
                     if strategy == "sequential" and clients == GOAL_CLIENTS
@@ -271,7 +373,7 @@ def run(tmp_dir: Path) -> list[Figure]:
                 clients=sweep_clients,
                 repeats=5,
                 env={"FANOUT_WORKERS": str(workers)},
-            )
+            )["ours"]
             sweep[workers] = statistics.median(samples)
             figures.append(
                 Figure(
