@@ -61,12 +61,16 @@ def add_bytecode(archive: Path) -> tuple[int, list[str]]:
             zipfile.ZipFile(archive) as source,
             zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_DEFLATED) as target,
         ):
-            names = set(source.namelist())
+            # A .pyc already beside a source is replaced, never shipped: `chalice package` copies the
+            # project's own __pycache__, whose timestamp-checked files a zip's times would invalidate.
+            replaced = {pyc_name(name) for name in source.namelist() if name.endswith(".py")}
             compiled: list[tuple[str, Path]] = []
             for info in source.infolist():
+                if info.filename in replaced:
+                    continue
                 data = source.read(info)
                 target.writestr(info, data)
-                if not info.filename.endswith(".py") or pyc_name(info.filename) in names:
+                if not info.filename.endswith(".py"):
                     continue
                 path = work / "src" / info.filename
                 path.parent.mkdir(parents=True, exist_ok=True)
