@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from chalicelib.envelope import CHANNEL_CHARACTERS, CHANNEL_NAME, MAX_CHANNEL_LENGTH
@@ -74,16 +73,14 @@ class TokenVerifier(Protocol):
         """The token's verified claims; raise ``Unauthorized`` or ``AuthUnavailable``."""
 
 
-@dataclass(frozen=True)
-class Permissions:
+class Permissions(NamedTuple):
     """Channel patterns a principal may subscribe to and publish to (from its token)."""
 
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Admission:
+class Admission(NamedTuple):
     """A connection let in: who it is and what it may do with channels (both ``None`` when
     AUTH_MODE=none: anyone, every channel), and the subprotocol to select."""
 

@@ -11,8 +11,8 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 from chalicelib import envelope, metrics
 from chalicelib.auth import (
@@ -424,8 +424,7 @@ def _refuse_handshake(refusal: ServiceError, *, logged: bool = False) -> dict:
     return {"statusCode": refusal.status, "body": json.dumps({"message": refusal.text})}
 
 
-@dataclass(frozen=True)
-class _Replies:
+class _Replies(NamedTuple):
     """Posts to the one connection whose message is being answered.
 
     A 410 while the connection is younger than ``HANDSHAKE_WINDOW_SECONDS`` is API Gateway still

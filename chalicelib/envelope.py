@@ -23,12 +23,11 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from http import HTTPStatus
 from itertools import accumulate
-from typing import Any
+from typing import Any, NamedTuple
 
 from chalicelib.errors import ServiceError
 
@@ -94,8 +93,7 @@ class InvalidMessage(ServiceError, ValueError):
         )
 
 
-@dataclass(frozen=True)
-class Publication:
+class Publication(NamedTuple):
     """A valid inbound message; ``channel`` None publishes to every connection."""
 
     type: int
@@ -104,8 +102,7 @@ class Publication:
     channel: str | None = None
 
 
-@dataclass(frozen=True)
-class Since:
+class Since(NamedTuple):
     """Where a client's copy of a stream ends: the last ``offset`` it saw under ``epoch``."""
 
     offset: int
@@ -124,8 +121,7 @@ class ChannelAction(StrEnum):
         return {"subscribe": "subscribed", "unsubscribe": "unsubscribed"}.get(self.value, self.value)
 
 
-@dataclass(frozen=True)
-class ChannelRequest:
+class ChannelRequest(NamedTuple):
     """``{"action": "subscribe" | "unsubscribe" | "presence", "channel": ...}``; a subscribe's ``since``
     asks for what was published after it."""
 
@@ -134,8 +130,7 @@ class ChannelRequest:
     since: Since | None = None
 
 
-@dataclass(frozen=True)
-class Resume:
+class Resume(NamedTuple):
     """``{"action": "resume", "since": ...}``: what was published to everyone after ``since``."""
 
     since: Since

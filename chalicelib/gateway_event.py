@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class GatewayEvent:
+class GatewayEvent(NamedTuple):
     route_key: str
     connection_id: str
     api_id: str
@@ -18,8 +17,8 @@ class GatewayEvent:
     request_time_ms: int
     body: str | None
     # $connect only: header names lower-cased (HTTP names are case-insensitive); the query string.
-    headers: Mapping[str, str] = field(default_factory=dict)
-    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = MappingProxyType({})
+    query: Mapping[str, str] = MappingProxyType({})
 
     @classmethod
     def from_dict(cls, event: Mapping[str, Any]) -> GatewayEvent:

@@ -15,8 +15,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -32,8 +31,7 @@ class VerifyingKey(Protocol):
         """True when ``signature`` is this key's over ``signing_input``."""
 
 
-@dataclass(frozen=True)
-class Jws:
+class Jws(NamedTuple):
     """A token's parts, parsed but not verified: nothing in ``claims`` may be trusted yet."""
 
     header: dict[str, Any]

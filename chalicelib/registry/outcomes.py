@@ -6,8 +6,8 @@ data: no Redis here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 from chalicelib import envelope
 from chalicelib.errors import ServiceError
@@ -121,8 +121,7 @@ INLINE_RESERVE_SECONDS = 0.25
 HANDSHAKE_WINDOW_SECONDS = 5
 
 
-@dataclass(frozen=True)
-class History:
+class History(NamedTuple):
     """How much of each stream is kept: ``size`` messages (0: no history, no offsets), the whole stream
     expiring ``ttl_seconds`` after its last publish; and how many users a presence answer lists."""
 
@@ -131,8 +130,7 @@ class History:
     presence_max: int = PRESENCE_MAX_DEFAULT
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Per-connection and per-user token buckets, the whole API's post budget, and how far ahead of it
     the queue may admit broadcasts; a rate or budget of 0 switches it off."""
 
@@ -152,8 +150,7 @@ class Limits:
         return self.max_posts_per_second * self.queue_backlog_seconds
 
 
-@dataclass(frozen=True)
-class Queued:
+class Queued(NamedTuple):
     """A publish too large to deliver inline: nothing was read, and it was admitted against the queue's
     budget.
 
@@ -169,8 +166,7 @@ class Queued:
         return sum(self.sizes.values())
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """The audience as one publish sees it (a sender Redis had lost is registered again by then).
 
     ``young``: the live members that connected less than ``HANDSHAKE_WINDOW_SECONDS`` ago: a 410 from
@@ -185,8 +181,7 @@ class Snapshot:
     suffix: str = ""
 
 
-@dataclass(frozen=True)
-class Recovery:
+class Recovery(NamedTuple):
     """A stream as a subscribe or resume found it: its latest ``offset`` and ``epoch``; ``recovered``:
     None when no ``since`` was given, else whether every message after it is in ``replay`` (oldest
     first, each as it was delivered), all or none."""
@@ -197,16 +192,14 @@ class Recovery:
     replay: list[bytes]
 
 
-@dataclass(frozen=True)
-class Joined:
+class Joined(NamedTuple):
     """A subscribe's or resume's outcome; ``recovery`` is None with history off."""
 
     lost: bool
     recovery: Recovery | None = None
 
 
-@dataclass(frozen=True)
-class Presence:
+class Presence(NamedTuple):
     """A channel's live members: ``count`` connections in all, ``members`` (user: the token's sub, or
     None; connections) for at most ``presence_max`` users, most connections first; ``lost``: Redis had
     lost the asker (it is back now, without its subscriptions)."""

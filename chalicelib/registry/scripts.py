@@ -2,17 +2,16 @@
 
 A script names the libraries it uses (``-- uses: allowed, buckets``); ``source`` puts them before it.
 The two scripts called with many arguments, the message script and the budget script, take their KEYS
-and ARGV from the dataclasses below: the fields' order is the order they are sent in, and the same
+and ARGV from the named tuples below: the fields' order is the order they are sent in, and the same
 fields become the script's named locals (``named_locals``), so neither side counts positions by hand.
 Their answers start with a ``Reply``.
 """
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 _LUA = Path(__file__).with_name("lua")
 _LIBRARIES = ("allowed", "buckets", "streams")
@@ -52,8 +51,7 @@ class BudgetMode(StrEnum):
     LEASE = "lease"  # a worker's posts, beyond the inline reserve
 
 
-@dataclass(frozen=True)
-class MessageKeys:
+class MessageKeys(NamedTuple):
     registry: str
     sender_bucket: str
     posts_key: str  # sharded: a key of the sender's slot that is never written (so for the last three)
@@ -64,8 +62,7 @@ class MessageKeys:
     position_key: str
 
 
-@dataclass(frozen=True)
-class MessageArgs:
+class MessageArgs(NamedTuple):
     sender: str  # '' for a backend publish: no sender, no rate
     value: str  # the sender's entry, were it to be registered again
     max_age: int
@@ -93,16 +90,14 @@ class MessageArgs:
     since_epoch: str
 
 
-@dataclass(frozen=True)
-class BudgetKeys:
+class BudgetKeys(NamedTuple):
     posts_key: str
     queue_key: str
     history_key: str
     position_key: str
 
 
-@dataclass(frozen=True)
-class BudgetArgs:
+class BudgetArgs(NamedTuple):
     budget: int
     count: int
     mode: BudgetMode
@@ -115,17 +110,24 @@ class BudgetArgs:
     payload: bytes
 
 
-def named_locals(keys: type, args: type) -> str:
-    """Lua locals named as the dataclasses' fields, from KEYS and ARGV in their order."""
-    names = [f"local {field.name} = KEYS[{n}]" for n, field in enumerate(fields(keys), 1)]
-    for n, field in enumerate(fields(args), 1):
+def named_locals(keys: type[NamedTuple], args: type[NamedTuple]) -> str:
+    """Lua locals named as the tuples' fields, from KEYS and ARGV in their order."""
+    names = [f"local {name} = KEYS[{n}]" for n, name in enumerate(keys._fields, 1)]
+    for n, name in enumerate(args._fields, 1):
         value = f"ARGV[{n}]"
-        if field.type in ("int", "float"):
+        kind = _annotation(args, name)
+        if kind in ("int", "float"):
             value = f"tonumber({value})"
-        elif field.type == "bool":
+        elif kind == "bool":
             value = f"{value} == '1'"
-        names.append(f"local {field.name} = {value}")
+        names.append(f"local {name} = {value}")
     return "\n".join(names) + "\n"
+
+
+def _annotation(record: type[NamedTuple], name: str) -> str:
+    """A field's annotation as written (a ``ForwardRef`` under postponed annotations)."""
+    annotation = record.__annotations__[name]
+    return getattr(annotation, "__forward_arg__", getattr(annotation, "__name__", str(annotation)))
 
 
 def source(name: str, header: str = "") -> str:
@@ -136,10 +138,10 @@ def source(name: str, header: str = "") -> str:
     return "".join((_LUA / f"{library}.lua").read_text() for library in uses) + header + text
 
 
-def keys_of(keys: Any) -> list[str]:
-    return list(astuple(keys))
+def keys_of(keys: NamedTuple) -> list[str]:
+    return list(keys)
 
 
-def args_of(args: Any) -> list:
+def args_of(args: NamedTuple) -> list:
     """ARGV as Redis takes it: booleans as 1 and 0."""
-    return [int(value) if isinstance(value, bool) else value for value in astuple(args)]
+    return [int(value) if isinstance(value, bool) else value for value in args]

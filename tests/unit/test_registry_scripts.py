@@ -1,7 +1,6 @@
 """The registry's script codec: the names each side uses for KEYS and ARGV come from one list."""
 
 import re
-from dataclasses import fields
 
 from chalicelib.registry import scripts
 
@@ -12,10 +11,10 @@ def test_every_argument_of_the_message_and_budget_scripts_is_named_once_in_order
         (scripts.BudgetKeys, scripts.BudgetArgs, "budget"),
     ):
         header = scripts.named_locals(keys, args)
-        assert [line.split(" = ")[1] for line in header.splitlines()][: len(fields(keys))] == [
-            f"KEYS[{n}]" for n in range(1, len(fields(keys)) + 1)
+        assert [line.split(" = ")[1] for line in header.splitlines()][: len(keys._fields)] == [
+            f"KEYS[{n}]" for n in range(1, len(keys._fields) + 1)
         ]
-        assert f"ARGV[{len(fields(args))}]" in header
+        assert f"ARGV[{len(args._fields)}]" in header
         body = scripts.source(name)
         assert not re.search(r"\b(KEYS|ARGV)\[", body.split("-- uses:")[1]), f"{name}.lua counts by hand"
 
