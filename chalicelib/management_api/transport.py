@@ -13,7 +13,7 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import boto3
@@ -40,8 +40,7 @@ class TransportFailure(Exception):
         self.retryable = retryable
 
 
-@dataclass(frozen=True)
-class Dialer:
+class Dialer(NamedTuple):
     """How botocore would reach the endpoint: its proxy for the URL (or none), its CA bundle.
 
     The bundle is loaded once, into one TLS context every connection shares (``SSLContext`` is
