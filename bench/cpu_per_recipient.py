@@ -110,7 +110,8 @@ def per_recipient_ms(tmp_dir, tls: TlsFiles | None) -> dict[str, float]:
     from chalicelib.fanout import Fanout
     from testing.lambda_context import LambdaContext
 
-    with publishing_app(tmp_dir, RECIPIENTS, tls=tls) as (app, connections, endpoint):
+    # WARNING: the app's INFO lines would mix with the figures printed.
+    with publishing_app(tmp_dir, RECIPIENTS, tls=tls, LOG_LEVEL="WARNING") as (app, connections, endpoint):
         sender, recipients = connections[0], [c.connection_id for c in connections[1:]]
         event = sender.message_event('{"type": 99, "data": "data to publish"}')
 
