@@ -50,6 +50,7 @@ class TcpProxy:
     def __init__(self, target: tuple[str, int], *, tls: ssl.SSLContext | None = None) -> None:
         self.target = target
         self.answer_delay_seconds = 0.0
+        self.answers_to_lose = 0
         self.accepted = 0
         self._flows: set[_Flow] = set()
         self._loop = asyncio.new_event_loop()
@@ -84,6 +85,11 @@ class TcpProxy:
     def delay_answers(self, seconds: float) -> None:
         """Hold every answer from the target this long before passing it on (0: at once)."""
         self._run(setattr, self, "answer_delay_seconds", seconds)
+
+    def lose_next_answers(self, count: int = 1) -> None:
+        """Drop the next ``count`` answers from the target and reset their connections: the target did
+        the work, the client never hears of it (as when a reply is lost to a failover or a NAT reset)."""
+        self._run(setattr, self, "answers_to_lose", count)
 
     def cut_all(self) -> int:
         """Reset every connection (both sides, RST), as a node that died; how many there were."""
@@ -134,6 +140,9 @@ class TcpProxy:
                 flow.last_active = time.monotonic()
                 if delayed and self.answer_delay_seconds:
                     await asyncio.sleep(self.answer_delay_seconds)
+                if delayed and self.answers_to_lose:
+                    self.answers_to_lose -= 1
+                    break  # the flow is reset below, the answer unsent
                 writer.write(data)
                 await writer.drain()
                 flow.last_active = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
@@ -434,6 +435,8 @@ class ConnectionRegistry:
                     queue_key=keys.queued(),
                     history_key=keys.history(channel),
                     position_key=keys.position(channel),
+                    # A new id per publish: the client's retries of this one call send the same.
+                    appended_key=keys.appended(uuid.uuid4().hex),
                 )
             ),
             args=scripts.args_of(
@@ -488,6 +491,7 @@ class ConnectionRegistry:
                         queue_key=keys.queued() if one_shard else unused("queued"),
                         history_key=keys.history(stream) if one_shard else unused("history"),
                         position_key=keys.position(stream) if one_shard else unused("position"),
+                        appended_key=keys.appended(uuid.uuid4().hex) if one_shard else unused("appended"),
                     )
                 ),
                 args=scripts.args_of(

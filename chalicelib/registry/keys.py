@@ -62,6 +62,10 @@ class Keys:
     def position(self, channel: str | None) -> str:
         return hash_tagged(self._prefix, "position" if channel is None else f"position:{channel}")
 
+    def appended(self, publish_id: str) -> str:
+        """One publish's mark that its message is kept (streams.lua's ``append``), in the streams' slot."""
+        return hash_tagged(self._prefix, f"appended:{publish_id}")
+
 
 def principal_key(principal: str) -> str:
     """What the registry keeps of a principal (``sub``): short, fixed-size, and the same for every token."""

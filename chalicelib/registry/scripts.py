@@ -54,12 +54,13 @@ class BudgetMode(StrEnum):
 class MessageKeys(NamedTuple):
     registry: str
     sender_bucket: str
-    posts_key: str  # sharded: a key of the sender's slot that is never written (so for the last three)
+    posts_key: str  # sharded: a key of the sender's slot that is never written (so for the last four)
     own_hash: str
     audience: str
     queue_key: str
     history_key: str
     position_key: str
+    appended_key: str  # a publish's mark that its message is kept (streams.lua's append)
 
 
 class MessageArgs(NamedTuple):
@@ -95,6 +96,7 @@ class BudgetKeys(NamedTuple):
     queue_key: str
     history_key: str
     position_key: str
+    appended_key: str
 
 
 class BudgetArgs(NamedTuple):

@@ -197,3 +197,39 @@ def test_history_with_a_sharded_registry(monkeypatch, redis_server, management_a
         ack = subscribe(gateway, back, "room-1", {"offset": 1, "epoch": epoch})
         assert ack["recovered"] is True
         assert management_api.wait_for(back.connection_id, 3)[1:] == copies[0][1:]
+
+
+@pytest.mark.parametrize("shards", ["1", "4"])
+def test_a_publish_whose_script_ran_twice_is_kept_once(monkeypatch, redis_server, management_api, shards):
+    """A client retries a script whose answer it lost (a reset, a timeout), and Redis runs it again: the
+    message script's append with one shard, the budget script's sharded. The second run keeps nothing
+    more (tests/integration/test_redis_network_faults.py loses a real answer on the wire)."""
+    from redis.commands.core import Script
+
+    from tests.support.gateway_driver import app_on
+
+    for app_module in app_on(monkeypatch, redis_server.url, management_api, REGISTRY_SHARDS=shards):
+        gateway = GatewayDriver(app_module, management_api)
+        publisher, _ = gateway.connect()
+        watcher, _ = gateway.connect(query_string="channels=room-1")
+        gateway.send(publisher, {"type": 1, "data": "first", "channel": "room-1"})
+        (first,) = management_api.wait_for(watcher.connection_id, 1)
+        # WHEN every script of the next publish runs twice with the same keys and arguments
+        with monkeypatch.context() as patch:
+            patch.setattr(Script, "__call__", _run_twice(Script.__call__))
+            gateway.send(publisher, {"type": 2, "data": "second", "channel": "room-1"})
+        # THEN it is delivered at the next offset, and a client that had seen "first" recovers it once
+        second = management_api.wait_for(watcher.connection_id, 2)[1]
+        assert second["offset"] == first["offset"] + 1
+        late, _ = gateway.connect(Connection(connected_at_ms=now_ms()))
+        ack = subscribe(gateway, late, "room-1", {"offset": first["offset"], "epoch": first["epoch"]})
+        assert (ack["recovered"], ack["offset"]) == (True, second["offset"])
+        assert management_api.wait_for(late.connection_id, 2)[1:] == [second]
+
+
+def _run_twice(run):
+    def run_twice(script, *args, **kwargs):
+        run(script, *args, **kwargs)  # the run whose answer the client lost
+        return run(script, *args, **kwargs)
+
+    return run_twice

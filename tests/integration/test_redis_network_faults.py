@@ -133,3 +133,24 @@ def test_a_stalled_redis_fails_handlers_within_their_deadlines_without_a_retry_s
     assert response == {"statusCode": 200}
     assert gateway.send(alice, {"type": 3, "data": "back"}) == {"statusCode": 200}
     assert management_api.received(carol.connection_id)[0]["data"] == "back"
+
+
+def test_a_publish_whose_answer_was_lost_is_tried_again_and_kept_once(gateway, management_api, link):
+    # GIVEN a warm container, history on (the default), and a member of room-1 that saw one message
+    alice, _ = warm_up(gateway)
+    member, _ = gateway.connect(query_string="channels=room-1")
+    gateway.send(alice, {"type": 1, "data": "before", "channel": "room-1"})
+    (before,) = management_api.wait_for(member.connection_id, 1)
+    # WHEN Redis runs the next publish's script but its answer is lost on the way back
+    link.lose_next_answers(1)
+    assert gateway.send(alice, {"type": 2, "data": "lost answer", "channel": "room-1"}) == {"statusCode": 200}
+    # THEN the client's retry publishes it: the member receives it once, at the next offset
+    delivered = management_api.wait_for(member.connection_id, 2)[1]
+    assert (delivered["data"], delivered["offset"]) == ("lost answer", before["offset"] + 1)
+    # AND the stream kept it once: a client that had seen "before" recovers exactly that one message
+    late, _ = gateway.connect()
+    since = {"offset": before["offset"], "epoch": before["epoch"]}
+    gateway.send(late, {"action": "subscribe", "channel": "room-1", "since": since})
+    ack, *replayed = management_api.wait_for(late.connection_id, 2)
+    assert (ack["recovered"], ack["offset"]) == (True, before["offset"] + 1)
+    assert replayed == [delivered]

@@ -23,5 +23,5 @@ if budget > 0 then
   spend(key, tokens, count, budget, capacity, now)
 end
 local suffix = ''
-if history_size > 0 then suffix = append(history_key, position_key, payload, history_size, history_ttl, position_ttl) end
+if history_size > 0 then suffix = append(appended_key, history_key, position_key, payload, history_size, history_ttl, position_ttl) end
 return {0, count, 0, suffix}

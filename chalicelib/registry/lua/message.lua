@@ -134,7 +134,7 @@ if (mode == 'subscribe' or mode == 'resume') and history_size > 0 then
 end
 if mode ~= 'publish' then return {0, lost} end
 local suffix = ''
-if history_size > 0 then suffix = append(history_key, position_key, payload, history_size, history_ttl, position_ttl) end
+if history_size > 0 then suffix = append(appended_key, history_key, position_key, payload, history_size, history_ttl, position_ttl) end
 if queued then return {5, lost, cost, suffix} end
 -- the audience as a nested array: prepending to it would move every entry, three times
 return {0, lost, suffix, redis.call('HGETALL', audience)}

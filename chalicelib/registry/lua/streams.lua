@@ -15,9 +15,16 @@ local function position(history_key, position_key, position_ttl)
   redis.call('EXPIRE', position_key, position_ttl)
   return offset, epoch
 end
+-- How long a publish's mark outlives it: far past the client's retries of one script (three attempts
+-- within 7 s), which are what it is for.
+local APPENDED_MARK_SECONDS = 60
 -- Give a publication (a JSON object's bytes) its offset and epoch, keep it, and return what was added
--- before its closing brace: every copy of it, delivered or replayed, is these same bytes.
-local function append(history_key, position_key, payload, size, ttl, position_ttl)
+-- before its closing brace: every copy of it, delivered or replayed, is these same bytes. Once per
+-- publish: a script run again because its answer was lost (the client retries it) finds the mark its
+-- first run left under ``appended_key`` and returns the same suffix, so no message is kept twice.
+local function append(appended_key, history_key, position_key, payload, size, ttl, position_ttl)
+  local kept = redis.call('GET', appended_key)
+  if kept then return kept end
   local _, epoch = position(history_key, position_key, position_ttl)
   local offset = redis.call('HINCRBY', position_key, 'o', 1)
   local suffix = ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
@@ -25,6 +32,7 @@ local function append(history_key, position_key, payload, size, ttl, position_tt
     redis.call('LTRIM', history_key, 0, size - 1)
   end
   redis.call('EXPIRE', history_key, ttl)
+  redis.call('SET', appended_key, suffix, 'EX', APPENDED_MARK_SECONDS)
   return suffix
 end
 -- For a client that had seen ``since`` (offset, epoch; offset -1: it asks for none): recovered (1, 0, or
