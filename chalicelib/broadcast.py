@@ -213,21 +213,17 @@ class Broadcaster:
     def _replay(
         self, replies: _Replies, messages: list[bytes], started: float, remaining_seconds: float
     ) -> None:
-        """Post the missed messages one after another (their order is the point), through the same
-        fan-out as any publish (retries, deadline); stop at the first that fails: the client sees the
-        gap by its offsets and recovers again."""
-        deadline = self._deadline(started, remaining_seconds)
-        replayed = 0
-        for message in messages:
-            report = self._fanout.deliver(
-                replies.api.post_many, message, [replies.connection_id], deadline=deadline
-            )
-            if not report.delivered:
-                logger.warning(
-                    "replay cut short", extra={"reason": next(iter(report.failed.values()), "gone")}
-                )
-                break
-            replayed += 1
+        """Post the missed messages one after another (their order is the point), with the retries and
+        the deadline of any publish; stop at the first that fails: the client sees the gap by its
+        offsets and recovers again."""
+        replayed, failure = self._fanout.deliver_in_order(
+            replies.api.post_many,
+            messages,
+            replies.connection_id,
+            deadline=self._deadline(started, remaining_seconds),
+        )
+        if failure is not None:
+            logger.warning("replay cut short", extra={"reason": failure})
         logger.info("replayed", extra={"messages": replayed, "missed": len(messages)})
         metrics.current().count(metrics.REPLAYED, replayed)
 

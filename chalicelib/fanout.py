@@ -96,6 +96,24 @@ class Fanout:
         delivery.over.set()  # a poster that ignored the deadline takes no more recipients
         return delivery.report()
 
+    def deliver_in_order(
+        self, post_many: PostMany, payloads: Sequence[bytes], recipient: str, *, deadline: float
+    ) -> tuple[int, str | None]:
+        """Post ``payloads`` to one recipient one after another (their order is the point), in this
+        thread, each with a fan-out's retries; stop at the first that fails: (how many were delivered,
+        that one's outcome, or None). A thread hand-off per message would cost as much as its post."""
+        never_over = threading.Event()
+        for delivered, payload in enumerate(payloads):
+            if self._clock() >= deadline:
+                return delivered, Outcome.NOT_STARTED
+            (failure,) = post_many([recipient], payload, deadline)
+            outcome = _outcome(failure)
+            if failure is not None and failure.retryable:
+                outcome = self._retry(never_over, post_many, recipient, payload, deadline, failure)
+            if outcome is not None:
+                return delivered, outcome
+        return len(payloads), None
+
     def _drain(
         self, delivery: _Delivery, post_many: PostMany, payload: bytes, deadline: float, batch_size: int
     ) -> None:
@@ -105,14 +123,14 @@ class Fanout:
                 return
             for connection_id, failure in zip(batch, post_many(batch, payload, deadline), strict=True):
                 if failure is not None and failure.retryable:
-                    outcome = self._retry(delivery, post_many, connection_id, payload, deadline, failure)
+                    outcome = self._retry(delivery.over, post_many, connection_id, payload, deadline, failure)
                 else:
                     outcome = _outcome(failure)
                 delivery.finish(connection_id, outcome)
 
     def _retry(
         self,
-        delivery: _Delivery,
+        over: threading.Event,
         post_many: PostMany,
         connection_id: str,
         payload: bytes,
@@ -127,7 +145,7 @@ class Fanout:
             if self._clock() + backoff >= deadline:
                 break
             # Wakes at once when the publish is over, so no worker outlives its deadline asleep.
-            if delivery.over.wait(backoff):
+            if over.wait(backoff):
                 return Outcome.DEADLINE_EXCEEDED
             (failure,) = post_many([connection_id], payload, deadline)
             attempts += 1

@@ -246,3 +246,40 @@ def test_a_post_the_budget_cannot_cover_before_the_deadline_is_not_made():
     assert not any(failure.retryable for failure in outcomes)
     assert all(never_posted(_outcome(failure)) for failure in outcomes), "a worker may send them again"
     assert fake.now < 1.2, "it gave up before the deadline, not after"
+
+
+def in_order_poster(answers: list):
+    """Posts to one recipient, answering each post with the next of ``answers`` (None: delivered)."""
+    posted = []
+
+    def post_many(connection_ids, payload, deadline):
+        assert threading.current_thread() is threading.main_thread(), "in order means in the caller's thread"
+        posted.append(payload)
+        answer = answers.pop(0)
+        return [answer]
+
+    return post_many, posted
+
+
+def test_messages_in_order_go_one_after_another_and_stop_at_the_first_that_fails():
+    throttled = DeliveryError("r", 429, "LimitExceededException", retryable=True)
+    post_many, posted = in_order_poster([None, throttled, None, Gone("r", 410, "GoneException"), None])
+    fanout = Fanout(posts_in_flight=4, backoff_base_seconds=0.001, backoff_cap_seconds=0.002)
+    # WHEN four messages are replayed: the second is throttled once, the third is answered 410
+    delivered, failure = fanout.deliver_in_order(
+        post_many, [b"1", b"2", b"3", b"4"], "r", deadline=far_deadline()
+    )
+    # THEN the first two arrive in order (the second after its retry), and nothing after the gone one
+    assert (delivered, failure) == (2, Outcome.GONE)
+    assert posted == [b"1", b"2", b"2", b"3"]
+
+
+def test_messages_in_order_all_delivered_and_none_after_the_deadline():
+    post_many, posted = in_order_poster([None, None])
+    fanout = Fanout(posts_in_flight=4)
+    assert fanout.deliver_in_order(post_many, [b"1", b"2"], "r", deadline=far_deadline()) == (2, None)
+    assert fanout.deliver_in_order(post_many, [b"3"], "r", deadline=time.monotonic() - 1) == (
+        0,
+        Outcome.NOT_STARTED,
+    )
+    assert posted == [b"1", b"2"]
