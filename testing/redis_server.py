@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -15,10 +16,22 @@ from testing.tls import TlsFiles
 READY_LINE = "Ready to accept connections"
 
 
+# Ports handed out below the kernel's ephemeral range (ip_local_port_range, 32768 and up by default).
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on, for a server started a moment later. Not one the kernel would pick for
+    port 0: those are also every outgoing connection's, and with a thousand clients of another test
+    connecting (flake-check runs two suites at once), one of them could take it first."""
+    while True:
+        port = random.choice(_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class RedisServer:
