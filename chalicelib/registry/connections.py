@@ -428,6 +428,7 @@ class ConnectionRegistry:
         """The budgets' script: ``take`` (an inline publish's cost), ``queue`` (a queued one's), each with
         the stream's append, or ``lease`` (a worker's chunk)."""
         limits, history, keys = self._limits, self._history, self._keys
+        appends = mode != BudgetMode.LEASE and history.size > 0
         return self._budget(
             keys=scripts.keys_of(
                 scripts.BudgetKeys(
@@ -435,8 +436,8 @@ class ConnectionRegistry:
                     queue_key=keys.queued(),
                     history_key=keys.history(channel),
                     position_key=keys.position(channel),
-                    # A new id per publish: the client's retries of this one call send the same.
-                    appended_key=keys.appended(uuid.uuid4().hex),
+                    # A new id per append: the client's retries of this one call send the same.
+                    appended_key=keys.appended(uuid.uuid4().hex if appends else "none"),
                 )
             ),
             args=scripts.args_of(
@@ -447,7 +448,7 @@ class ConnectionRegistry:
                     reserve=limits.inline_reserve,
                     backlog=limits.queue_backlog,
                     test_now=self._bucket_now_ms(),
-                    history_size=history.size if mode != BudgetMode.LEASE else 0,
+                    history_size=history.size if appends else 0,
                     history_ttl=history.ttl_seconds,
                     position_ttl=_POSITION_TTL_SECONDS,
                     payload=payload,
@@ -479,6 +480,7 @@ class ConnectionRegistry:
         # Sharded, the budgets and the streams are not this script's (they are in another slot): their
         # keys here are keys of the sender's slot that it never writes.
         unused = functools.partial(keys.in_shard, shard=shard)
+        appends = one_shard and mode == MessageMode.PUBLISH and self._history.size > 0
         with unavailable_on_error():
             reply = self._message(
                 keys=scripts.keys_of(
@@ -491,7 +493,7 @@ class ConnectionRegistry:
                         queue_key=keys.queued() if one_shard else unused("queued"),
                         history_key=keys.history(stream) if one_shard else unused("history"),
                         position_key=keys.position(stream) if one_shard else unused("position"),
-                        appended_key=keys.appended(uuid.uuid4().hex) if one_shard else unused("appended"),
+                        appended_key=keys.appended(uuid.uuid4().hex) if appends else unused("appended"),
                     )
                 ),
                 args=scripts.args_of(
