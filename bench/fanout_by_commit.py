@@ -45,7 +45,7 @@ def main() -> None:
                     env = {"FANOUT_WORKERS": str(SHIPPED_WORKERS)}
                     samples[name] += measure(
                         Path(tmp), server, project_dir=project, clients=GOAL_CLIENTS, repeats=REPEATS, env=env
-                    )["ours"]
+                    )["app"]
         finally:
             server.stop()
             for revision in revisions:
