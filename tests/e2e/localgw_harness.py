@@ -80,6 +80,26 @@ class LineReader:
                 self._changed.wait(left)
             return self.lines[index]
 
+    def take_first(self, timeout: float = 10) -> str:
+        """Wait for the first line and remove it, as though it had never been read."""
+        self.wait_line(0, timeout)
+        with self._changed:
+            return self.lines.pop(0)
+
+
+_OPEN_PROBE = "wscat is open"
+
+
+def open_wscats(gw: GatewayProcess, count: int, *options: str) -> list[Wscat]:
+    """Start wscat clients one by one, each open (``Wscat.opened``) before the next starts."""
+    clients = []
+    for _ in range(count):
+        mark = gw.mark()
+        clients.append(Wscat(gw.url, *options))
+        connection_id = gw.wait_for(r"connected\s+(\S+) from", after=mark).group(1)
+        clients[-1].opened(gw, connection_id)
+    return clients
+
 
 class Wscat:
     """The real wscat CLI with a stdin pipe held open (it quits when its stdin closes).
@@ -105,6 +125,14 @@ class Wscat:
 
     def received(self, index: int, timeout: float = 10) -> str:
         return self.out.wait_line(index, timeout)
+
+    def opened(self, gw: GatewayProcess, connection_id: str) -> None:
+        """Return once this wscat's socket is open. wscat takes lines from its stdin only from then on
+        (one sent before is dropped) and, without a terminal, prints nothing when it opens; the gateway's
+        "connected" line comes a moment earlier. So the gateway posts it a probe, and this waits until
+        wscat prints it (the probe is then taken out of what it received)."""
+        gw.management_client().post_to_connection(ConnectionId=connection_id, Data=_OPEN_PROBE.encode())
+        assert self.out.take_first() == _OPEN_PROBE
 
     def close(self) -> int:
         if self.proc.stdin and not self.proc.stdin.closed:

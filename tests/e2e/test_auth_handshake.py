@@ -20,7 +20,7 @@ from testing.identity_provider import (
     hmac_token,
     unsigned_token,
 )
-from tests.e2e.localgw_harness import REPO, GatewayProcess, Wscat, run
+from tests.e2e.localgw_harness import REPO, GatewayProcess, open_wscats, run
 
 ALLOWED_ORIGIN = "https://app.example.com"
 
@@ -112,12 +112,9 @@ def test_the_origin_allow_list(gateway, idp):
 
 def test_wscat_connects_with_a_header_token_and_publishes(gateway, idp, wscat_available):
     token = idp.rsa.token()
-    mark = gateway.mark()
-    sender = Wscat(gateway.url, "-H", f"Authorization: Bearer {token}")
-    receiver = Wscat(gateway.url, "-H", f"Authorization: Bearer {token}")
+    # Both open: the handshake is done, the gateway takes posts to both, and wscat reads what to send
+    sender, receiver = open_wscats(gateway, 2, "-H", f"Authorization: Bearer {token}")
     try:
-        # "connected": the handshake is done and the gateway takes posts to both ($connect's 200 comes before)
-        gateway.wait_for(r"connected\s+\S+ from", after=mark, count=2)
         sender.send('{"type": 99, "data": "authenticated"}')
         assert json.loads(receiver.received(0))["data"] == "authenticated"
     finally:

@@ -12,7 +12,7 @@ import signal
 import pytest
 import websockets
 
-from tests.e2e.localgw_harness import GatewayProcess, Wscat, run
+from tests.e2e.localgw_harness import GatewayProcess, open_wscats, run
 from tests.support.emf import emf_documents
 
 pytestmark = pytest.mark.node
@@ -23,16 +23,6 @@ def our_gateway(tmp_path_factory):
     gw = GatewayProcess(project_dir=None, tmp_path=tmp_path_factory.mktemp("ours"))
     yield gw
     gw.stop()
-
-
-def open_wscats(gw: GatewayProcess, count: int) -> list[Wscat]:
-    """Start wscat clients one by one, each known to be connected (the gateway says so) before the next."""
-    clients = []
-    for _ in range(count):
-        mark = gw.mark()
-        clients.append(Wscat(gw.url))
-        gw.wait_for(r"connected\s+\S+ from", after=mark)
-    return clients
 
 
 def test_make_run_configuration_serves_our_app_with_embedded_redis(our_gateway):
