@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, each figure beside its baseline, as a ratio.
 
 python -m bench [NAME ...]     (names: cpu, firstpublish, connect, redis, rtt, channels, history, backend,
-                               coldstart, metrics, fanout, fanout-https, scale; default: all but
+                               coldstart, metrics, simlatency, fanout, fanout-https, scale; default: all but
                                fanout-https, a part of fanout on its own)
 
 BENCH_SCALE_MILLION=1 adds the scale suite's broadcast to 1 000 000 (about 10 minutes).
@@ -33,9 +33,11 @@ def main() -> None:
         metrics_cost,
         redis_costs,
         sharded_latency,
+        simulated_latency,
     )
 
     suites = {
+        "simlatency": simulated_latency.run,
         "fanout": fanout_latency.run,
         "fanout-https": fanout_latency.run_https,
         "cpu": cpu_per_recipient.run,

@@ -23,6 +23,7 @@ import time
 
 from aiohttp import web
 
+from localgw.deadline_sleep import DeadlineSleeper
 from testing.apigw import API_GATEWAY_MAX_MESSAGE_BYTES
 
 _ID_DIGITS = 15
@@ -82,6 +83,7 @@ class Counts:
 
 def make_app(stage: str, latency_seconds: float) -> web.Application:
     state = {"counts": Counts(0, 0, 0)}
+    round_trip = DeadlineSleeper()  # as the local gateway waits out its simulated latency
     prefix = f"/{stage}/@connections/"
 
     async def post(request: web.Request) -> web.Response:
@@ -94,7 +96,7 @@ def make_app(stage: str, latency_seconds: float) -> web.Application:
             and "X-Amz-Date" in request.headers
         )
         body = await request.read()
-        await asyncio.sleep(latency_seconds)
+        await round_trip.sleep(latency_seconds)
         if not signed:
             counts.refused += 1
             return web.json_response({"message": "Forbidden"}, status=403)

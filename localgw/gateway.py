@@ -104,6 +104,7 @@ async def serve(
     await stop.wait()
     await gateway.close_all()
     await runner.cleanup()
+    gateway.management.close()
 
 
 __all__ = ["Gateway", "serve"]

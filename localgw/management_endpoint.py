@@ -4,17 +4,18 @@ POST (200; 410; 413), GET (200 JSON; 410), DELETE (204, fires ``$disconnect``; 4
 A request without a SigV4 ``Authorization`` header gets 403 as on AWS (its form is checked, as
 ``testing.sigv4`` checks it; the signature is not: the gateway does not know the app's secret). A post
 is answered as soon as it is queued for the client (``localgw.connections``); a client whose outbox
-overflows is closed with 1008 and the post that overflowed it gets 410.
+overflows is closed with 1008 and the post that overflowed it gets 410. A simulated round trip
+(``--post-latency-ms``) is waited out to the microsecond (``localgw.deadline_sleep``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from aiohttp import WSCloseCode, web
 
 from localgw.connections import Connection, Connections
+from localgw.deadline_sleep import DeadlineSleeper
 from localgw.limits import Limits
 from localgw.log import Log
 from testing import apigw as events
@@ -38,6 +39,7 @@ class ManagementEndpoint:
         self._connections = connections
         self._limits = limits
         self._log = log
+        self._round_trip = DeadlineSleeper()
 
     def _lookup(self, request: web.Request) -> tuple[Connection | None, web.Response | None]:
         """The open connection a Management API call names, or the logged error response to send."""
@@ -63,7 +65,7 @@ class ManagementEndpoint:
             return failure
         data = await request.read()
         if self._limits.simulated_post_latency_seconds:
-            await asyncio.sleep(self._limits.simulated_post_latency_seconds)
+            await self._round_trip.sleep(self._limits.simulated_post_latency_seconds)
         if len(data) > self._limits.max_message_bytes:
             self._log_call("POST", connection_id, 413)
             return _error(413, "PayloadTooLargeException", "Message too long")
@@ -73,6 +75,10 @@ class ManagementEndpoint:
         connection.touch()  # API Gateway counts a post as activity on the connection
         self._log_call("POST", connection_id, 200)
         return web.Response(status=200)
+
+    def close(self) -> None:
+        """Once the server is stopped: the simulated round trip's timer goes too."""
+        self._round_trip.close()
 
     async def get(self, request: web.Request) -> web.Response:
         connection_id = request.match_info["connection_id"]
