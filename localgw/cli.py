@@ -323,7 +323,7 @@ def start_sqs_unless_given(log: Log) -> SqsStandIn | None:
         return None
     stand_in = SqsStandIn().start()
     os.environ["AWS_ENDPOINT_URL_SQS"] = stand_in.endpoint
-    log.info(f"sqs: in-process moto at {stand_in.endpoint} (AWS_ENDPOINT_URL_SQS)")
+    log.info(f"sqs: moto in a process of its own at {stand_in.endpoint} (AWS_ENDPOINT_URL_SQS)")
     return stand_in
 
 

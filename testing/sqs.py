@@ -10,8 +10,8 @@ at the first receive after ``maxReceiveCount`` receives, the 10-entry batch limi
 ``AWS_ENDPOINT_URL_SQS``. Where it differs from SQS: it measures a body's size in characters, not
 UTF-8 bytes (an ASCII body, such as JSON written with ``ensure_ascii``, measures the same).
 
-moto keeps its queues in the process's memory: stand-ins in one process share them (tests use queue
-names of their own), and they are gone when the process ends.
+moto keeps its queues in its process's memory: each stand-in (``SqsStandIn``) is a process of its own,
+and its queues are gone when it stops.
 
 Record shape (``sqs_record``): as AWS documents the SQS event Lambda sends, kept in
 ``tests/fixtures/sqs_events/``.
@@ -23,10 +23,14 @@ import base64
 import hashlib
 import json
 import logging
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from testing import aws
 from testing.lambda_context import FAKE_ACCOUNT_ID
@@ -36,6 +40,7 @@ from testing.lambda_context import FAKE_ACCOUNT_ID
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_BATCH_ENTRIES = 10
 DLQ_SUFFIX = "-dlq"
+REPO = Path(__file__).resolve().parents[1]
 # The SenderId Lambda's records carry: the sender's IAM user or role id.
 DEFAULT_SENDER_ID = "AIDAIENQZJOLO23YVJ4VO"
 
@@ -99,24 +104,42 @@ def depth(client, url: str) -> tuple[int, int]:
 
 
 class SqsStandIn:
-    """moto's SQS on 127.0.0.1 (a free port unless given), in a thread of this process."""
+    """moto's SQS on 127.0.0.1 (a free port unless given), in a process of its own (``python -m
+    testing.sqs``). Each call costs moto and werkzeug a few milliseconds of CPU, and the local
+    gateway's SQS pollers make one every second: served in the gateway's own process they held its
+    event loop's interpreter lock a tenth as long as the loop itself did during a fan-out (bench/README.md,
+    "The gateway's simulated latency"). The process also ends when the one that started it does."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        from moto.server import ThreadedMotoServer
-
-        # werkzeug logs every request at INFO on stderr: the local gateway's terminal is for its own lines.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self._address = (host, port)
+        self._process: subprocess.Popen | None = None
         self.endpoint = ""
 
     def start(self) -> SqsStandIn:
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "testing.sqs", *map(str, self._address)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.endpoint = self._process.stdout.readline().strip()
+        if not self.endpoint.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"moto's SQS did not start (exit status {self._process.returncode})")
         return self
 
     def stop(self) -> None:
-        self._server.stop()
+        """Ends the process: its queues go with it."""
+        if self._process is None:
+            return
+        self._process.stdin.close()  # it serves until its standard input ends
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process.stdout.close()
 
     def __enter__(self) -> SqsStandIn:
         return self.start()
@@ -223,3 +246,25 @@ __all__ = [
     "sqs_event",
     "sqs_record",
 ]
+
+
+def serve(host: str, port: int) -> None:
+    """moto's SQS until standard input ends; its endpoint is the first line of standard output."""
+    from moto.server import ThreadedMotoServer
+
+    # A Ctrl-C in the terminal reaches the whole process group: the process that started this one
+    # stops first, then ends this one by closing its standard input.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    # werkzeug logs every request at INFO on stderr: the local gateway's terminal is for its own lines.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    bound_host, bound_port = server.get_host_and_port()
+    print(f"http://{bound_host}:{bound_port}", flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]))

@@ -58,7 +58,9 @@ def _deliveries(gw: GatewayProcess) -> list[list[dict]]:
 def test_a_message_sent_with_boto3_reaches_the_worker_as_lambda_sends_it(start_gateway):
     # GIVEN the gateway with its own stand-in, which it names at start
     gw = start_gateway("--sqs-visibility-timeout-seconds", "1")
-    endpoint = gw.wait_for(r"sqs: in-process moto at (http://127\.0\.0\.1:\d+) \(AWS_ENDPOINT_URL_SQS\)")[1]
+    endpoint = gw.wait_for(
+        r"sqs: moto in a process of its own at (http://127\.0\.0\.1:\d+) \(AWS_ENDPOINT_URL_SQS\)"
+    )[1]
     url = gw.wait_for(r"queue (https://sqs\.us-east-1\.amazonaws\.com/123456789012/fixture-jobs) ")[1]
     gw.wait_for(
         r"dead letters: fixture-jobs-dlq after 3 receives, visibility timeout 1 s\) -> fixture_worker"

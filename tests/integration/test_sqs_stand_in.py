@@ -22,7 +22,7 @@ def sqs():
 
 @pytest.fixture
 def queue(sqs):
-    """A queue of this test's own (the stand-ins of one process share moto's memory)."""
+    """A queue of this test's own (the module's tests share one stand-in)."""
     return create_queue_with_dlq(
         sqs, f"stand-in-{next(_names)}", visibility_timeout_seconds=1, max_receive_count=2
     )
