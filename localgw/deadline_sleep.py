@@ -74,7 +74,6 @@ class DeadlineSleeper:
         self._fallback = False
         self._sleepers: list[tuple[float, int, asyncio.Future]] = []  # a heap, by deadline
         self._order = itertools.count()  # equal deadlines wake in the order they slept
-        self._armed_for: float | None = None
 
     @property
     def precise(self) -> bool:
@@ -88,8 +87,8 @@ class DeadlineSleeper:
             return
         woken = self._loop.create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), woken))
-        if self._armed_for is None or deadline < self._armed_for:
-            self._arm(deadline)
+        if self._sleepers[0][2] is woken:  # the earliest now: the timer is armed for the heap's first
+            self._timer.arm(deadline)
         await woken
 
     def _ready(self) -> bool:
@@ -104,21 +103,16 @@ class DeadlineSleeper:
             self._loop.add_reader(self._timer.fd, self._wake)
         return not self._fallback
 
-    def _arm(self, deadline: float) -> None:
-        self._timer.arm(deadline)
-        self._armed_for = deadline
-
     def _wake(self) -> None:
         """The timer fired: wake every sleeper whose deadline has come, and arm it for the next."""
         self._timer.clear()
-        self._armed_for = None
         now = time.monotonic()
         while self._sleepers and self._sleepers[0][0] <= now:
             woken = heapq.heappop(self._sleepers)[2]
             if not woken.done():  # a sleeper cancelled meanwhile
                 woken.set_result(None)
         if self._sleepers:
-            self._arm(self._sleepers[0][0])
+            self._timer.arm(self._sleepers[0][0])
 
     def close(self) -> None:
         """Close the timerfd; sleepers still waiting are cancelled."""

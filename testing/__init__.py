@@ -9,3 +9,8 @@ the context Lambda passes a handler; ``sqs``: SQS (moto over HTTP) and the SQS e
 server, a token issuer, localgw as a subprocess) the tests and the benchmarks share.
 Nothing in ``chalicelib/`` imports this package.
 """
+
+from pathlib import Path
+
+# The repository's root: where ``python -m`` finds this package and ``localgw`` for a subprocess.
+REPO = Path(__file__).resolve().parents[1]

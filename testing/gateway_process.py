@@ -21,7 +21,8 @@ from pathlib import Path
 
 import boto3
 
-REPO = Path(__file__).resolve().parents[1]
+from testing import REPO
+
 FIXTURE_APP = REPO / "tests" / "e2e" / "fixture_app"
 
 

@@ -30,9 +30,8 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-from testing import aws
+from testing import REPO, aws
 from testing.lambda_context import FAKE_ACCOUNT_ID
 
 # What a job may weigh (issue 12's contract), set as every queue's MaximumMessageSize: SQS then refuses
@@ -40,7 +39,6 @@ from testing.lambda_context import FAKE_ACCOUNT_ID
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_BATCH_ENTRIES = 10
 DLQ_SUFFIX = "-dlq"
-REPO = Path(__file__).resolve().parents[1]
 # The SenderId Lambda's records carry: the sender's IAM user or role id.
 DEFAULT_SENDER_ID = "AIDAIENQZJOLO23YVJ4VO"
 
